@@ -1,0 +1,44 @@
+# Sourced by scripts/demo and scripts/test: make .venv and install Tidings into it.
+# Usage: ensure_venv EXTRAS   (EXTRAS is "" or "dev")
+set -euo pipefail
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "error: Tidings needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+    return 1
+}
+
+ensure_venv() {
+    local extras="$1" root stamp want py
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    cd "$root"
+    if [ ! -x .venv/bin/python ]; then
+        py="$(find_python)"
+        echo "creating .venv with $py" >&2
+        "$py" -m venv .venv || {
+            echo "error: '$py -m venv' failed; on Debian install the venv module: apt-get install python3-venv" >&2
+            return 1
+        }
+    fi
+    stamp=".venv/.tidings-installed"
+    want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
+    if [ ! -f "$stamp" ] || ! grep -qx -- "$want" "$stamp"; then
+        echo "installing Tidings${extras:+ with [$extras]} into .venv" >&2
+        .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
+        if [ -n "$extras" ]; then
+            .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" >&2
+        else
+            .venv/bin/python -m pip install -q --disable-pip-version-check -e . >&2
+        fi
+        # A dev install also satisfies a plain one.
+        { echo "$want"; [ "$extras" = dev ] && echo "${want%-dev}-base"; } >"$stamp"
+    fi
+}

@@ -1,0 +1,7 @@
+"""An empty URLconf for the test settings."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

@@ -1,0 +1,1 @@
+"""Tests of tidings.layers, with the backend conformance suite."""

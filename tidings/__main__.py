@@ -1,0 +1,9 @@
+"""``python -m tidings``: the same as the ``tidings`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from tidings.cli import main
+
+sys.exit(main())

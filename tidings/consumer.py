@@ -1,0 +1,275 @@
+"""Consumers: ASGI applications that dispatch messages to methods by type.
+
+Theory of operation
+-------------------
+A consumer *class* describes behaviour; ``Consumer.as_asgi(**initkwargs)``
+returns the ASGI application, which creates one consumer *instance* per
+connection (per scope) and awaits it.
+
+An instance, when called with ``(scope, receive, send)``:
+
+1. gets its channel layer (``channel_layer_alias``, ``"default"``); if there
+   is one, it creates a channel of its own (``self.channel_name``) so that
+   other code can ``send``/``group_send`` to it;
+2. reads messages from the ASGI ``receive`` *and* from its layer channel
+   (``self.channel_receive``) with one :class:`~tidings.utils.MessageMux`,
+   handling one message at a time, in arrival order. Nothing more is read
+   from a source while a handler for one of *its* messages runs; the other
+   source may deliver one message meanwhile, which is handled next (or lost
+   with the instance if the handler stops it: the instance's own channel
+   has no other reader anyway);
+3. dispatches each message to the method named after its type, with dots
+   replaced by underscores: ``"websocket.connect"`` calls
+   ``websocket_connect(message)``, a layer message ``{"type": "chat.message"}``
+   calls ``chat_message(message)``;
+4. ends when a handler raises :class:`~tidings.exceptions.StopConsumer`
+   (a signal, not an error). Any other exception propagates out of the ASGI
+   application: the server logs it and closes the connection (WebSocket close
+   code 1011, or a 500 if no response started). Groups joined through
+   :meth:`AsyncConsumer.join_group` (which the generic consumers' ``groups``
+   attribute uses) are left in every case, including errors and cancellation.
+
+:class:`SyncConsumer` runs each handler in a worker thread (the one shared
+thread-sensitive thread, so Django's per-thread database connections behave)
+with :func:`tidings.db.database_sync_to_async`: one thread hop per message,
+with the stale-connection clean-up done in that same hop. Its ``send`` is
+synchronous and hops back to the event loop for each call. Handler lookup and
+message-type validation happen on the event loop, so a message without a
+handler costs no hop.
+
+Handler names come from message types, so any public method whose name a
+message type can spell is reachable by whoever can send to the consumer's
+channel; the layer is trusted, clients never choose a layer message's type.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import async_to_sync, iscoroutinefunction
+
+from tidings._types import ASGIReceive, ASGISend, Message, Scope
+from tidings.db import database_sync_to_async
+from tidings.exceptions import InvalidChannelLayerError, StopConsumer
+from tidings.layers import get_channel_layer
+from tidings.layers.base import BaseChannelLayer
+from tidings.utils import MessageMux, MessageSource
+
+__all__ = ["AsyncConsumer", "ConsumerApplication", "SyncConsumer", "get_handler_name"]
+
+logger = logging.getLogger("tidings.consumer")
+
+
+def get_handler_name(message: Message) -> str:
+    """Return the method name that handles ``message``: its type with ``.`` → ``_``.
+
+    Raises:
+        ValueError: the message has no ``type``, the type is not a ``str``, or
+            it starts with an underscore (handlers are never private methods).
+    """
+    if "type" not in message:
+        raise ValueError("Incoming message has no 'type' key.")
+    message_type = message["type"]
+    if not isinstance(message_type, str):
+        raise ValueError(f"Incoming message type must be a str, not {type(message_type).__name__}.")
+    handler_name = message_type.replace(".", "_")
+    if handler_name.startswith("_"):
+        raise ValueError(f"Malformed message type {message_type!r}: leading underscore.")
+    return handler_name
+
+
+class ConsumerApplication:
+    """The ASGI application returned by ``Consumer.as_asgi()``.
+
+    Each call creates a new consumer instance with ``consumer_initkwargs`` and
+    runs it for that one scope.
+
+    Attributes:
+        consumer_class: the consumer class.
+        consumer_initkwargs: the keyword arguments given to ``as_asgi()``.
+    """
+
+    # asgiref's guarantee_single_callable(): this is an ASGI 3 (single-callable) app.
+    _asgi_single_callable = True
+
+    def __init__(self, consumer_class: type[AsyncConsumer], initkwargs: dict[str, Any]) -> None:
+        self.consumer_class = consumer_class
+        self.consumer_initkwargs = initkwargs
+        self.__name__ = consumer_class.__name__
+        self.__qualname__ = consumer_class.__qualname__
+        self.__doc__ = consumer_class.__doc__
+        self.__module__ = consumer_class.__module__
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        consumer = self.consumer_class(**self.consumer_initkwargs)
+        await consumer(scope, receive, send)
+
+    def __repr__(self) -> str:
+        return f"<ConsumerApplication {self.consumer_class.__qualname__}>"
+
+
+class AsyncConsumer:
+    """Base consumer: handlers are ``async def`` methods named after message types.
+
+    Attributes:
+        channel_layer_alias: which ``CHANNEL_LAYERS`` entry to use.
+        scope: the connection scope (set when the instance starts).
+        channel_layer: the layer, or ``None`` if the alias has none.
+        channel_name: this instance's layer channel (only with a layer).
+        channel_receive: coroutine function reading that channel (only with a layer).
+        base_send: the ASGI ``send`` callable.
+    """
+
+    channel_layer_alias: str = "default"
+
+    scope: Scope
+    channel_layer: BaseChannelLayer | None
+    channel_name: str
+    channel_receive: MessageSource
+    base_send: ASGISend
+
+    def __init__(self, **initkwargs: Any) -> None:
+        """Set each keyword argument as an instance attribute.
+
+        Raises:
+            TypeError: a keyword names no attribute of the class (a typo would
+                otherwise be silently ignored).
+        """
+        for key, value in initkwargs.items():
+            if not hasattr(type(self), key):
+                raise TypeError(
+                    f"{type(self).__name__}.as_asgi() got {key!r}, which is not an attribute "
+                    "of the class; only existing class attributes can be overridden."
+                )
+            setattr(self, key, value)
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> ConsumerApplication:
+        """Return an ASGI application that runs a new instance per connection.
+
+        Args:
+            initkwargs: passed to the constructor of every instance; the base
+                constructor sets them as attributes (see :meth:`__init__`).
+        """
+        return ConsumerApplication(cls, dict(initkwargs))
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        """Run this instance for one connection until ``StopConsumer``."""
+        self.scope = scope
+        self.base_send = send
+        self._joined_groups: list[str] = []
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        sources: list[MessageSource] = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        try:
+            async with MessageMux(sources) as mux:
+                while True:
+                    await self.dispatch(await mux.get())
+        except StopConsumer:
+            pass
+        finally:
+            await self._leave_groups_at_exit()
+
+    async def dispatch(self, message: Message) -> None:
+        """Call the handler named after ``message["type"]``.
+
+        Raises:
+            ValueError: the type is malformed (see :func:`get_handler_name`) or
+                this consumer has no handler for it.
+        """
+        await self._find_handler(message)(message)
+
+    def _find_handler(self, message: Message) -> Callable[[Message], Any]:
+        handler: Callable[[Message], Any] | None = getattr(self, get_handler_name(message), None)
+        if handler is None or not callable(handler):
+            raise ValueError(f"No handler for message type {message['type']!r}.")
+        return handler
+
+    async def send(self, message: Message) -> None:
+        """Send an ASGI message to the client (through the server)."""
+        await self.base_send(message)
+
+    # -- group membership that survives errors -------------------------------
+
+    def _require_layer(self) -> BaseChannelLayer:
+        if self.channel_layer is None:
+            raise InvalidChannelLayerError(
+                f"{type(self).__name__} uses groups, but channel layer "
+                f"{self.channel_layer_alias!r} is not configured (CHANNEL_LAYERS)."
+            )
+        return self.channel_layer
+
+    async def join_group(self, group: str) -> None:
+        """Add this instance's channel to ``group``; it is left again when the instance ends.
+
+        Raises:
+            InvalidChannelLayerError: there is no channel layer.
+        """
+        await self._require_layer().group_add(group, self.channel_name)
+        if group not in self._joined_groups:
+            self._joined_groups.append(group)
+
+    async def leave_group(self, group: str) -> None:
+        """Remove this instance's channel from ``group`` (idempotent).
+
+        Raises:
+            InvalidChannelLayerError: there is no channel layer.
+        """
+        await self._require_layer().group_discard(group, self.channel_name)
+        if group in self._joined_groups:
+            self._joined_groups.remove(group)
+
+    async def _leave_groups_at_exit(self) -> None:
+        # Must not replace the exception that is ending the instance: a layer
+        # failure here is logged, and the memberships expire on their own.
+        try:
+            await self._leave_all_groups()
+        except Exception:
+            logger.exception(
+                "%s could not leave groups %s when it ended",
+                type(self).__name__,
+                self._joined_groups,
+            )
+
+    async def _leave_all_groups(self) -> None:
+        while self._joined_groups:
+            await self.leave_group(self._joined_groups[-1])
+
+
+class SyncConsumer(AsyncConsumer):
+    """Consumer whose handlers are plain ``def`` methods, run in a worker thread.
+
+    ``send`` is synchronous. The channel layer is the same (async) object as
+    for :class:`AsyncConsumer`; call it from handlers with
+    ``async_to_sync(self.channel_layer.group_send)(...)``, as in Channels.
+    """
+
+    async def dispatch(self, message: Message) -> None:
+        """Run the handler for ``message`` in the thread-sensitive worker thread.
+
+        Raises:
+            ValueError: as :meth:`AsyncConsumer.dispatch`, raised before any hop.
+        """
+        handler = self._find_handler(message)
+        if iscoroutinefunction(handler):
+            raise TypeError(
+                f"{type(self).__name__}.{handler.__name__} is async, but {type(self).__name__} "
+                "is a SyncConsumer; make the handler a plain def or use AsyncConsumer."
+            )
+        # One hop per message; database_sync_to_async also closes stale DB
+        # connections in that same hop, as Channels' SyncConsumer does.
+        await database_sync_to_async(handler)(message)
+
+    def send(self, message: Message) -> None:  # type: ignore[override]
+        """Send an ASGI message to the client; call it from a handler (a worker thread)."""
+        async_to_sync(self._send_from_loop)(message)
+
+    async def _send_from_loop(self, message: Message) -> None:
+        # A coroutine function for async_to_sync, whatever callable the server gave.
+        await self.base_send(message)

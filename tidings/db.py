@@ -1,0 +1,158 @@
+"""Calling the Django ORM from async code (Channels' ``tidings.db`` API).
+
+Theory of operation
+-------------------
+Django's ORM is synchronous and its connections are per thread. Django's
+request cycle calls :func:`django.db.close_old_connections` at the start and
+at the end of every request so that connections past ``CONN_MAX_AGE``, or
+left broken by an error, are not reused. Async code has no request cycle, so
+:func:`database_sync_to_async` provides the same hygiene around one call: it
+is :func:`asgiref.sync.sync_to_async`, with ``close_old_connections`` run
+*in the worker thread*, immediately before and immediately after the wrapped
+function. Both clean-ups run inside the same executor job as the function:
+one call costs exactly one thread hop, never two or three.
+
+Nothing here runs per message. Only the code you wrap (or decorate) hops to a
+thread; a consumer that never touches the database never pays for a hop.
+Long-lived async consumers that do touch the ORM should call
+:func:`aclose_old_connections` before the first queries after a quiet spell
+(for example when woken by a channel-layer event), as Channels documents.
+
+Thread sensitivity is asgiref's: by default (``thread_sensitive=True``) all
+wrapped calls run on one shared thread, which is what SQLite and Django's
+per-thread connections expect; ``thread_sensitive=False`` runs the call on
+the executor's pool (or the ``executor`` you pass).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar, overload
+
+from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
+from django.db import close_old_connections
+
+__all__ = ["DatabaseSyncToAsync", "aclose_old_connections", "database_sync_to_async"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _closing_connections(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Wrap ``func`` so that old connections are closed before and after it."""
+
+    @functools.wraps(func)
+    def call_with_clean_connections(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return call_with_clean_connections
+
+
+class DatabaseSyncToAsync(SyncToAsync[_P, _R]):
+    """A :class:`~asgiref.sync.SyncToAsync` that keeps DB connections healthy.
+
+    Awaiting an instance runs the wrapped function in a worker thread with
+    :func:`django.db.close_old_connections` called, in that same thread, just
+    before and just after it (the latter also when it raises). Exceptions
+    propagate unchanged.
+
+    Used as a decorator on a method, it binds like a function does.
+
+    Args:
+        func: a synchronous callable.
+        thread_sensitive: run in the single shared thread (the default; what
+            Django's per-thread connections need) or in a pool.
+        executor: a pool to use; only with ``thread_sensitive=False``.
+
+    Raises:
+        TypeError: ``func`` is not callable, or is a coroutine function.
+    """
+
+    def __init__(
+        self,
+        func: Callable[_P, _R],
+        thread_sensitive: bool = True,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        # Check here: once wrapped, a coroutine function would look synchronous.
+        if (
+            not callable(func)
+            or iscoroutinefunction(func)
+            or iscoroutinefunction(type(func).__call__)
+        ):
+            raise TypeError("database_sync_to_async can only be applied to sync functions.")
+        super().__init__(
+            _closing_connections(func), thread_sensitive=thread_sensitive, executor=executor
+        )
+        bound_to = getattr(func, "__self__", None)
+        if bound_to is not None:
+            self.__self__ = bound_to
+
+
+@overload
+def database_sync_to_async(
+    func: Callable[_P, _R],
+    *,
+    thread_sensitive: bool = True,
+    executor: ThreadPoolExecutor | None = None,
+) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+
+
+@overload
+def database_sync_to_async(
+    func: None = None,
+    *,
+    thread_sensitive: bool = True,
+    executor: ThreadPoolExecutor | None = None,
+) -> Callable[[Callable[_P, _R]], Callable[_P, Coroutine[Any, Any, _R]]]: ...
+
+
+def database_sync_to_async(
+    func: Callable[_P, _R] | None = None,
+    *,
+    thread_sensitive: bool = True,
+    executor: ThreadPoolExecutor | None = None,
+) -> (
+    Callable[_P, Coroutine[Any, Any, _R]]
+    | Callable[[Callable[_P, _R]], Callable[_P, Coroutine[Any, Any, _R]]]
+):
+    """Turn a synchronous ORM-using function into an awaitable one.
+
+    The result is a :class:`DatabaseSyncToAsync`, typed as the coroutine
+    function it behaves as (so that type checkers bind ``self`` on methods).
+    Three spellings work::
+
+        user = await database_sync_to_async(get_user)(user_id)
+
+        @database_sync_to_async
+        def get_user(user_id): ...
+
+        @database_sync_to_async(thread_sensitive=False)
+        def slow_report(): ...
+
+    Each await is one thread hop, with old connections closed before and
+    after the call in that thread (see :class:`DatabaseSyncToAsync`).
+    """
+    if func is None:
+
+        def decorate(f: Callable[_P, _R]) -> DatabaseSyncToAsync[_P, _R]:
+            return DatabaseSyncToAsync(f, thread_sensitive=thread_sensitive, executor=executor)
+
+        return decorate
+    return DatabaseSyncToAsync(func, thread_sensitive=thread_sensitive, executor=executor)
+
+
+async def aclose_old_connections() -> None:
+    """Close the database connections that Django would close between requests.
+
+    An async wrapper around :func:`django.db.close_old_connections`, run in
+    the thread-sensitive thread where ``database_sync_to_async`` keeps its
+    connections. Call it before the first queries after a quiet spell.
+    """
+    await sync_to_async(close_old_connections, thread_sensitive=True)()

@@ -1,0 +1,240 @@
+"""The channel layer contract every backend implements.
+
+A channel layer moves *messages* (``dict`` objects with a ``"type"`` key, by
+convention) between *channels* (named FIFO queues read by one consumer each)
+and fans them out to *groups* (named sets of channels). The contract is the
+one Channels documents, so code written against ``channels.layers`` runs
+unchanged:
+
+- ``send`` never blocks: it enqueues or raises ``ChannelFull``;
+- ``receive`` waits for the next message of one channel;
+- ``new_channel`` makes a fresh, unguessable process-specific channel name;
+- ``group_add``/``group_discard`` are idempotent; ``group_send`` never raises
+  ``ChannelFull`` (a full member silently misses the message);
+- messages older than ``expiry`` seconds are dropped, never delivered;
+- ``flush`` resets the layer (tests), ``close`` releases resources.
+
+This module holds what all backends share: option checking, name validation
+(rules in :mod:`tidings.layers._names`) and per-channel capacity lookup. It
+holds no state and no I/O; backends live in their own modules.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, TypeAlias
+
+from tidings.layers._names import (
+    MAX_NAME_LENGTH,
+    check_channel_name,
+    check_group_name,
+    non_local_name,
+)
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_EXPIRY",
+    "BaseChannelLayer",
+    "CapacityPattern",
+    "Message",
+]
+
+Message: TypeAlias = dict[str, Any]
+"""A channel layer message: a dict of serializable values, with a ``"type"`` key by convention."""
+
+CapacityPattern: TypeAlias = str | re.Pattern[str]
+"""A key of ``channel_capacity``: a glob (``"http.*"``) or a compiled regex."""
+
+DEFAULT_EXPIRY: float = 60
+"""Seconds a message may wait unread (Channels' and channels_redis' default)."""
+
+DEFAULT_CAPACITY: int = 100
+"""Messages a channel may hold before ``send`` raises ``ChannelFull`` (Channels' default)."""
+
+
+def _positive_number(name: str, value: object) -> float:
+    """Return ``value`` if it is a positive int or float, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+    return value
+
+
+class BaseChannelLayer(ABC):
+    """Base class of Tidings channel layers: shared options, name checks and capacities.
+
+    Args:
+        expiry: seconds a message may wait unread before it is dropped.
+        capacity: messages a channel may hold; ``send`` raises ``ChannelFull``
+            beyond it.
+        channel_capacity: per-channel capacities, a mapping of glob patterns
+            (``"http.request"``, ``"websocket.*"``) or compiled regular
+            expressions to capacities. The first pattern that matches the
+            channel name, in mapping order, wins; globs match the whole name,
+            regexes match at its start (``re.Pattern.match``).
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: a ``channel_capacity`` key is neither a str nor a compiled regex.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+    """Optional parts of the contract this layer provides (spec names)."""
+
+    MAX_NAME_LENGTH: ClassVar[int] = MAX_NAME_LENGTH
+    """Channel and group names must be shorter than this many characters."""
+
+    def __init__(
+        self,
+        *,
+        expiry: float = DEFAULT_EXPIRY,
+        capacity: int = DEFAULT_CAPACITY,
+        channel_capacity: Mapping[CapacityPattern, int] | None = None,
+    ) -> None:
+        self.expiry: float = _positive_number("expiry", expiry)
+        self.capacity: int = _positive_int("capacity", capacity)
+        self.channel_capacity: list[tuple[re.Pattern[str], int]] = self.compile_capacities(
+            channel_capacity or {}
+        )
+
+    # -- capacities ---------------------------------------------------------
+
+    @staticmethod
+    def compile_capacities(
+        channel_capacity: Mapping[CapacityPattern, int] | Iterable[tuple[CapacityPattern, int]],
+    ) -> list[tuple[re.Pattern[str], int]]:
+        """Turn ``channel_capacity`` into ``(compiled regex, capacity)`` pairs, in order.
+
+        Raises:
+            TypeError: a key is neither a str nor a compiled regex.
+            ValueError: a capacity is not an int >= 1.
+        """
+        items = (
+            channel_capacity.items() if isinstance(channel_capacity, Mapping) else channel_capacity
+        )
+        compiled: list[tuple[re.Pattern[str], int]] = []
+        for pattern, capacity in items:
+            if isinstance(pattern, re.Pattern):
+                regex = pattern
+            elif isinstance(pattern, str):
+                regex = re.compile(fnmatch.translate(pattern))
+            else:
+                raise TypeError(
+                    "channel_capacity keys must be glob strings or compiled regexes, "
+                    f"not {type(pattern).__name__}"
+                )
+            compiled.append((regex, _positive_int(f"channel_capacity[{pattern!r}]", capacity)))
+        return compiled
+
+    def get_capacity(self, channel: str) -> int:
+        """Return how many messages ``channel`` may hold.
+
+        That is the capacity of the first ``channel_capacity`` pattern matching
+        the name, else ``capacity``.
+        """
+        for regex, capacity in self.channel_capacity:
+            if regex.match(channel):
+                return capacity
+        return self.capacity
+
+    # -- names --------------------------------------------------------------
+
+    def match_type_and_length(self, name: object) -> bool:
+        """Return whether ``name`` is a ``str`` shorter than ``MAX_NAME_LENGTH``."""
+        return isinstance(name, str) and len(name) < self.MAX_NAME_LENGTH
+
+    def valid_channel_name(self, name: object, receive: bool = False) -> bool:
+        """Return ``True`` if ``name`` is a valid channel name, else raise ``TypeError``.
+
+        Args:
+            name: the candidate name.
+            receive: also require a process-specific name to end at its ``!``
+                (the legacy form of receiving a whole process's channels).
+
+        Raises:
+            TypeError: the name breaks a rule; the message names the rule.
+        """
+        check_channel_name(name, receive=receive)
+        return True
+
+    def valid_group_name(self, name: object) -> bool:
+        """Return ``True`` if ``name`` is a valid group name, else raise ``TypeError``.
+
+        Raises:
+            TypeError: the name breaks a rule; the message names the rule.
+        """
+        check_group_name(name)
+        return True
+
+    def valid_channel_names(self, names: object, receive: bool = False) -> bool:
+        """Return ``True`` if ``names`` is a list or tuple of valid channel names.
+
+        Raises:
+            TypeError: ``names`` is not a list or tuple, or one name breaks a rule.
+        """
+        if not isinstance(names, list | tuple):
+            raise TypeError(f"channel names must be a list or tuple, not {type(names).__name__}")
+        for name in names:
+            check_channel_name(name, receive=receive)
+        return True
+
+    def non_local_name(self, name: str) -> str:
+        """Return ``name`` up to and including its ``!``, or all of it if it has none."""
+        return non_local_name(name)
+
+    @staticmethod
+    def require_message(message: object) -> None:
+        """Raise ``TypeError`` unless ``message`` is a ``dict`` (the only message type)."""
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+
+    # -- the contract -------------------------------------------------------
+
+    @abstractmethod
+    async def send(self, channel: str, message: Message) -> None:
+        """Put ``message`` on ``channel``.
+
+        Raises:
+            ChannelFull: the channel already holds its capacity of messages.
+            TypeError: the channel name or the message is not valid.
+        """
+
+    @abstractmethod
+    async def receive(self, channel: str) -> Message:
+        """Wait for and return the next message on ``channel``.
+
+        Cancelling a pending ``receive`` loses no message.
+        """
+
+    @abstractmethod
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """Return a new, unguessable process-specific channel name starting with ``prefix``."""
+
+    @abstractmethod
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (again: refreshes the membership's expiry)."""
+
+    @abstractmethod
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; do nothing if it is not a member."""
+
+    @abstractmethod
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send ``message`` to every member of ``group``; full members miss it silently."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Drop every message and every group membership."""
+
+    async def close(self) -> None:
+        """Release the layer's resources (connections); the default has none."""
+        return None

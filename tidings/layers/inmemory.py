@@ -1,0 +1,412 @@
+"""The in-memory channel layer: one process, no server, for development and tests.
+
+Theory of operation
+-------------------
+State is three dicts guarded by one ``threading.Lock``:
+
+- ``_channels``: channel name -> ``_Channel`` (a deque of ``(expires_at,
+  message)`` and a deque of waiting receivers' futures);
+- ``_groups``: group -> {channel: time of the last ``group_add``};
+- ``_memberships``: channel -> groups, the reverse index, so that a channel
+  whose messages expire unread can leave all its groups at once.
+
+**Loops and threads.** Nothing is bound to an event loop at construction, so
+one layer serves any number of loops, one after another or at once (the
+classic case: ``async_to_sync(layer.group_send)`` from a sync view runs each
+call in a fresh loop while consumers receive in the server's loop). The lock
+is held only for short, non-blocking sections and never across an ``await``.
+A waiting receiver parks on a future of its own loop; a sender running in
+that loop resolves it directly, a sender in another loop or thread goes
+through ``call_soon_threadsafe``.
+
+**Cancellation safety.** A future only says "look again"; the message stays
+in the deque until the receiver, running again, takes it in the same step
+that returns it. A receiver cancelled after it was woken (and so removed
+from the waiters) passes the wake-up on to the next waiter if messages
+remain, so no message is stranded behind a dead waiter. A waiter whose loop
+was closed under it is skipped by the next sender.
+
+**Copies.** Receivers must not see each other's mutations (nor the
+sender's). ``copy.deepcopy`` is exact but slow, and copying once per group
+member makes ``group_send`` cost O(members x message). Instead the layer
+copies a message once when it is sent (a private snapshot, shared by all
+group members' queues) and again when a receiver takes it, so each receiver
+gets its own copy and copies are only made for messages actually received.
+``_isolate`` rebuilds dicts, lists and tuples, copies bytearrays, shares
+immutable scalars (``str``, ``bytes``, numbers, ``None``) and falls back to
+``copy.deepcopy`` for any other type, so arbitrary objects stay isolated as
+they would with ``deepcopy``. A cyclic message raises ``RecursionError``
+(no backend that serializes could carry it either).
+
+**Bounds.** A channel holds at most its capacity of messages; each expires
+``expiry`` seconds after it was sent. Expired messages are dropped whenever
+their channel is touched, and a sweep, at most once per ``expiry`` seconds
+and run by whichever operation comes along, drops expired messages of
+channels nobody touches, empty channel records and memberships older than
+``group_expiry``. A channel whose messages expired unread leaves all its
+groups, missing the ``group_send`` that noticed (the spec allows it; it
+keeps a consumer that died without ``group_discard`` from costing a full
+queue per group for a day).
+
+**Fan-out.** ``group_send`` is one loop under one lock acquisition: an
+append and at most one wake-up per member, no task per member.
+
+The clock is ``time.monotonic``, read through the ``_clock`` attribute so
+that tests can substitute a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from tidings.exceptions import ChannelFull
+from tidings.layers._names import check_name_prefix
+from tidings.layers.base import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPIRY,
+    BaseChannelLayer,
+    CapacityPattern,
+    Message,
+    _positive_number,
+)
+
+__all__ = ["DEFAULT_GROUP_EXPIRY", "InMemoryChannelLayer"]
+
+DEFAULT_GROUP_EXPIRY: Final[float] = 86400
+"""Seconds a group membership lasts after its last ``group_add`` (one day, as in Channels)."""
+
+_ATOMS: Final = frozenset({str, bytes, int, float, bool, complex, type(None)})
+
+
+def _isolate(value: Any) -> Any:
+    """Return a copy of ``value`` that shares nothing mutable with it (see module docstring)."""
+    cls = type(value)
+    if cls is dict:
+        return {k: (v if type(v) in _ATOMS else _isolate(v)) for k, v in value.items()}
+    if cls in _ATOMS:
+        return value
+    if cls is list:
+        return [v if type(v) in _ATOMS else _isolate(v) for v in value]
+    if cls is tuple:
+        return tuple(v if type(v) in _ATOMS else _isolate(v) for v in value)
+    if cls is bytearray:
+        return bytearray(value)
+    return copy.deepcopy(value)
+
+
+def _notify(waiter: asyncio.Future[None]) -> None:
+    """Wake ``waiter`` unless it is already done (cancelled meanwhile)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Channel:
+    """One channel's queued messages and waiting receivers."""
+
+    __slots__ = ("capacity", "queue", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.queue: deque[tuple[float, Message]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class InMemoryChannelLayer(BaseChannelLayer):
+    """A channel layer that lives in this process's memory.
+
+    Messages reach only consumers of the same process: use it for development,
+    tests and single-process deployments, and the Redis layer for anything
+    else. Safe to share between event loops and threads of one process.
+
+    Args:
+        expiry: seconds a message may wait unread before it is dropped.
+        group_expiry: seconds a group membership lasts after its last ``group_add``.
+        capacity: messages a channel may hold before ``send`` raises ``ChannelFull``.
+        channel_capacity: per-channel capacities by glob or regex; see
+            :class:`~tidings.layers.BaseChannelLayer`.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        expiry: float = DEFAULT_EXPIRY,
+        group_expiry: float = DEFAULT_GROUP_EXPIRY,
+        capacity: int = DEFAULT_CAPACITY,
+        channel_capacity: Mapping[CapacityPattern, int] | None = None,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        self.group_expiry: float = _positive_number("group_expiry", group_expiry)
+        self._clock: Callable[[], float] = time.monotonic
+        self._lock = threading.Lock()
+        self._channels: dict[str, _Channel] = {}
+        self._groups: dict[str, dict[str, float]] = {}
+        self._memberships: dict[str, set[str]] = {}
+        self._next_sweep = -math.inf
+        # Names this layer makes share one random "process" part, as a
+        # multi-process layer's names do; the local part is per channel.
+        self._process_part = secrets.token_hex(6)
+
+    # -- channels -----------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Put ``message`` on ``channel``.
+
+        Raises:
+            ChannelFull: the channel holds its capacity of unexpired messages.
+            TypeError: the channel name or the message is not valid.
+        """
+        self.valid_channel_name(channel)
+        self.require_message(message)
+        snapshot = _isolate(message)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            now = self._clock()
+            self._maybe_sweep(now)
+            record = self._channels.get(channel)
+            if record is None:
+                record = self._channels[channel] = _Channel(self.get_capacity(channel))
+            elif self._drop_expired(record, now):
+                self._leave_groups(channel)
+            if len(record.queue) >= record.capacity:
+                raise ChannelFull(f"channel {channel!r} is full ({record.capacity} messages)")
+            record.queue.append((now + self.expiry, snapshot))
+            if record.waiters:
+                self._wake_one(record, loop)
+
+    async def receive(self, channel: str) -> Message:
+        """Wait for the next message on ``channel`` and return a private copy of it.
+
+        Several receivers of one channel each get different messages, in FIFO
+        order of their wake-ups. Cancelling a waiting ``receive`` loses no message.
+
+        Raises:
+            TypeError: the channel name is not valid.
+        """
+        self.valid_channel_name(channel)
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._maybe_sweep(now)
+                record = self._channels.get(channel)
+                if record is None:
+                    record = self._channels[channel] = _Channel(self.get_capacity(channel))
+                else:
+                    if self._drop_expired(record, now):
+                        self._leave_groups(channel)
+                    if record.queue:
+                        _, snapshot = record.queue.popleft()
+                        if not record.queue and not record.waiters:
+                            del self._channels[channel]
+                        break
+                waiter: asyncio.Future[None] = loop.create_future()
+                record.waiters.append(waiter)
+            clean_up = True
+            try:
+                await waiter
+                clean_up = False
+            except GeneratorExit:
+                # Closed without being cancelled: the garbage collector is
+                # finalising a receive whose loop is gone. That can happen
+                # while this very thread holds the lock, so take no lock;
+                # _wake_one already discards waiters of closed loops.
+                clean_up = False
+                raise
+            finally:
+                if clean_up:
+                    with self._lock:
+                        self._abandon(channel, record, waiter, loop)
+        received: Message = _isolate(snapshot)
+        return received
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """Return a new process-specific channel name, ``"<prefix>.<process>!<random>"``.
+
+        The local part is 96 random bits from :mod:`secrets`, so names can be
+        neither guessed nor repeated.
+
+        Raises:
+            TypeError: ``prefix`` is not a valid name part, or too long.
+        """
+        check_name_prefix(prefix)
+        name = f"{prefix}.{self._process_part}!{secrets.token_hex(12)}"
+        self.valid_channel_name(name)
+        return name
+
+    # -- groups -------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``, or refresh its membership's expiry.
+
+        Raises:
+            TypeError: the group or channel name is not valid.
+        """
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            now = self._clock()
+            self._maybe_sweep(now)
+            self._groups.setdefault(group, {})[channel] = now
+            self._memberships.setdefault(channel, set()).add(group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; nothing happens if it is not a member.
+
+        Raises:
+            TypeError: the group or channel name is not valid.
+        """
+        self.valid_group_name(group)
+        self.valid_channel_name(channel)
+        with self._lock:
+            self._remove_membership(group, channel)
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send ``message`` to every member of ``group``.
+
+        Members whose channel is full miss the message silently; memberships
+        older than ``group_expiry`` are dropped on the way. Never raises
+        ``ChannelFull``.
+
+        Raises:
+            TypeError: the group name or the message is not valid.
+        """
+        self.valid_group_name(group)
+        self.require_message(message)
+        snapshot = _isolate(message)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            now = self._clock()
+            self._maybe_sweep(now)
+            members = self._groups.get(group)
+            if not members:
+                return
+            channels = self._channels
+            joined_after = now - self.group_expiry
+            entry = (now + self.expiry, snapshot)
+            stale: list[str] = []
+            expired: list[str] = []
+            for channel, joined in members.items():
+                if joined <= joined_after:
+                    stale.append(channel)
+                    continue
+                record = channels.get(channel)
+                if record is None:
+                    record = channels[channel] = _Channel(self.get_capacity(channel))
+                elif record.queue and record.queue[0][0] <= now:
+                    self._drop_expired(record, now)
+                    expired.append(channel)
+                    continue
+                if len(record.queue) < record.capacity:
+                    record.queue.append(entry)
+                    if record.waiters:
+                        self._wake_one(record, loop)
+            for channel in stale:
+                self._remove_membership(group, channel)
+            for channel in expired:
+                self._leave_groups(channel)
+
+    # -- whole layer --------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Drop every message and every group; waiting receivers keep waiting."""
+        with self._lock:
+            self._groups.clear()
+            self._memberships.clear()
+            for channel, record in list(self._channels.items()):
+                record.queue.clear()
+                if not record.waiters:
+                    del self._channels[channel]
+
+    # -- internals (call with self._lock held) ------------------------------
+
+    def _wake_one(self, record: _Channel, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the first live waiter of ``record``, removing it from the waiters."""
+        while record.waiters:
+            waiter = record.waiters.popleft()
+            if waiter.done():
+                continue
+            waiter_loop = waiter.get_loop()
+            if waiter_loop is loop:
+                waiter.set_result(None)
+                return
+            try:
+                waiter_loop.call_soon_threadsafe(_notify, waiter)
+            except RuntimeError:
+                continue  # its loop is closed: that receiver is gone
+            return
+
+    def _abandon(
+        self,
+        channel: str,
+        record: _Channel,
+        waiter: asyncio.Future[None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Clean up after a receiver that stopped waiting without taking a message."""
+        try:
+            record.waiters.remove(waiter)
+        except ValueError:
+            # A sender had already chosen this waiter: hand its wake-up on.
+            if record.queue:
+                self._wake_one(record, loop)
+        if not record.queue and not record.waiters and self._channels.get(channel) is record:
+            del self._channels[channel]
+
+    def _drop_expired(self, record: _Channel, now: float) -> bool:
+        """Drop the expired messages at the head of ``record``; return whether there were any."""
+        queue = record.queue
+        if not queue or queue[0][0] > now:
+            return False
+        while queue and queue[0][0] <= now:
+            queue.popleft()
+        return True
+
+    def _leave_groups(self, channel: str) -> None:
+        """Remove ``channel`` from every group it belongs to."""
+        for group in self._memberships.pop(channel, ()):
+            members = self._groups.get(group)
+            if members is not None:
+                members.pop(channel, None)
+                if not members:
+                    del self._groups[group]
+
+    def _remove_membership(self, group: str, channel: str) -> None:
+        """Remove one membership from both indexes."""
+        members = self._groups.get(group)
+        if members is not None and members.pop(channel, None) is not None and not members:
+            del self._groups[group]
+        groups = self._memberships.get(channel)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._memberships[channel]
+
+    def _maybe_sweep(self, now: float) -> None:
+        """At most once per ``expiry`` seconds, drop what expired anywhere in the layer."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.expiry
+        expired: list[str] = []
+        for channel, record in list(self._channels.items()):
+            if self._drop_expired(record, now):
+                expired.append(channel)
+            if not record.queue and not record.waiters:
+                del self._channels[channel]
+        for channel in expired:
+            self._leave_groups(channel)
+        joined_after = now - self.group_expiry
+        for group, members in list(self._groups.items()):
+            for channel, joined in list(members.items()):
+                if joined <= joined_after:
+                    self._remove_membership(group, channel)

@@ -1,0 +1,276 @@
+"""Routing ASGI connections to applications (Channels' ``channels.routing``).
+
+Theory of operation
+-------------------
+Every router is itself an ASGI application: it looks at the scope, picks an
+inner application and awaits it with the same ``receive``/``send``. Routers
+nest freely.
+
+* :class:`ProtocolTypeRouter` picks on ``scope["type"]`` (``"http"``,
+  ``"websocket"``, ``"channel"``, ...).
+* :class:`URLRouter` matches ``scope["path"]`` against Django ``path()`` /
+  ``re_path()`` patterns. The outermost URL router strips
+  ``scope["root_path"]`` (the mount point, ASGI spec) and the leading ``/``;
+  every URL router passes what its pattern did not consume to the inner
+  application as ``scope["path_remaining"]``, which a nested URL router
+  matches instead of the full path. Captured arguments accumulate in
+  ``scope["url_route"] = {"args": (...), "kwargs": {...}}``; inner levels win
+  on a name clash, and a pattern's extra ``kwargs`` (the third ``path()``
+  argument) are merged in too.
+* :class:`ChannelNameRouter` picks on ``scope["channel"]`` for the
+  ``"channel"`` scopes that the background worker creates.
+
+Routers never mutate the scope they were given: the inner application gets a
+copy with the extra keys. Mistakes that can be seen at construction time
+(a consumer class instead of ``Consumer.as_asgi()``, ``include()``) raise
+:class:`~django.core.exceptions.ImproperlyConfigured` then, not on the first
+connection.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, cast
+
+from asgiref.compatibility import guarantee_single_callable
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.urls import URLPattern, URLResolver
+from django.urls.resolvers import RegexPattern, RoutePattern
+from django.utils.module_loading import import_string
+
+from tidings._types import ASGIApp, ASGIReceive, ASGISend, Scope
+
+__all__ = [
+    "ChannelNameRouter",
+    "ProtocolTypeRouter",
+    "URLRouter",
+    "get_default_application",
+]
+
+
+def get_default_application() -> ASGIApp:
+    """Import and return the application named by ``settings.ASGI_APPLICATION``.
+
+    Raises:
+        ImproperlyConfigured: the setting is missing, is not a dotted path, or
+            names a module or attribute that does not exist. Errors raised
+            *while* importing the module (a bug in ``asgi.py``) propagate
+            unchanged, so their traceback is not hidden.
+    """
+    dotted = getattr(settings, "ASGI_APPLICATION", None)
+    if not isinstance(dotted, str) or "." not in dotted:
+        raise ImproperlyConfigured(
+            "Cannot find the ASGI_APPLICATION setting: set it to the dotted path of "
+            f"your application, e.g. 'myproject.asgi.application' (got {dotted!r})."
+        )
+    module_path, _, name = dotted.rpartition(".")
+    try:
+        application = import_string(dotted)
+    except ModuleNotFoundError as exc:
+        # Only "the named module does not exist" is a settings error; a missing
+        # import *inside* the module is the module's bug and must surface as is.
+        if exc.name is not None and (module_path + ".").startswith(exc.name + "."):
+            raise ImproperlyConfigured(
+                f"ASGI_APPLICATION is {dotted!r}, but module {module_path!r} cannot be imported."
+            ) from exc
+        raise
+    except ImportError as exc:
+        if isinstance(exc.__cause__, AttributeError):
+            raise ImproperlyConfigured(
+                f"ASGI_APPLICATION is {dotted!r}, but module {module_path!r} "
+                f"has no attribute {name!r}."
+            ) from exc
+        raise
+    if not callable(application):
+        raise ImproperlyConfigured(
+            f"ASGI_APPLICATION is {dotted!r}, which is not callable: {application!r}."
+        )
+    return cast(ASGIApp, application)
+
+
+def _as_application(app: object, where: str) -> ASGIApp:
+    """Check one routing target and return it as a single-callable ASGI app."""
+    # Imported here: consumer.py imports the layers, routing must stay light.
+    from tidings.consumer import AsyncConsumer
+
+    if inspect.isclass(app) and issubclass(app, AsyncConsumer):
+        raise ImproperlyConfigured(
+            f"{where} routes to the consumer class {app.__qualname__}; "
+            f"route to {app.__qualname__}.as_asgi() instead."
+        )
+    if not callable(app):
+        raise ImproperlyConfigured(f"{where} routes to {app!r}, which is not an ASGI application.")
+    # Accepts ASGI 2 (double-callable) applications too, as Channels does.
+    return cast(ASGIApp, guarantee_single_callable(app))  # type: ignore[no-untyped-call]
+
+
+class ProtocolTypeRouter:
+    """Route a connection on its ``scope["type"]``.
+
+    Args:
+        application_mapping: scope type (``"http"``, ``"websocket"``,
+            ``"channel"``, ``"lifespan"``...) to ASGI application.
+
+    Raises:
+        ValueError: (when called) no application for the scope's type; the
+            message names the type and the configured ones.
+    """
+
+    def __init__(self, application_mapping: Mapping[str, Any]) -> None:
+        self.application_mapping = dict(application_mapping)
+        self._routes = {
+            scope_type: _as_application(app, f"ProtocolTypeRouter[{scope_type!r}]")
+            for scope_type, app in self.application_mapping.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        scope_type = scope.get("type")
+        try:
+            application = self._routes[scope_type]  # type: ignore[index]
+        except (KeyError, TypeError):
+            known = ", ".join(repr(t) for t in self._routes) or "none"
+            raise ValueError(
+                f"No application configured for scope type {scope_type!r} (configured: {known})."
+            ) from None
+        await application(scope, receive, send)
+
+
+class _Route(NamedTuple):
+    """One compiled URLRouter entry."""
+
+    pattern: RoutePattern | RegexPattern
+    application: ASGIApp
+    default_kwargs: dict[str, Any]
+    is_router: bool
+
+
+def _compile_route(route: object, index: int) -> _Route:
+    if isinstance(route, URLResolver):
+        raise ImproperlyConfigured(
+            f"URLRouter route {index} uses include(), which URLRouter does not support; "
+            "nest another URLRouter instead: path('prefix/', URLRouter([...]))."
+        )
+    if not isinstance(route, URLPattern):
+        raise ImproperlyConfigured(
+            f"URLRouter route {index} is {route!r}; use django.urls.path() or re_path()."
+        )
+    callback = route.callback
+    is_router = isinstance(callback, URLRouter)
+    application = _as_application(callback, f"URLRouter route {route.pattern.describe()}")
+    pattern = route.pattern
+    if is_router:
+        # path() compiles an endpoint pattern (anchored at the end of the string);
+        # an inner router needs a prefix match, like include() gets. Build a
+        # non-endpoint copy rather than changing the caller's URLPattern
+        # (str() of a pattern is its source: the route or the regex).
+        if isinstance(pattern, RoutePattern):
+            pattern = RoutePattern(str(pattern), pattern.name, is_endpoint=False)
+        elif isinstance(pattern, RegexPattern):
+            pattern = RegexPattern(str(pattern), pattern.name, is_endpoint=False)
+    if not isinstance(pattern, RoutePattern | RegexPattern):
+        raise ImproperlyConfigured(
+            f"URLRouter route {index} has an unsupported pattern type {type(pattern).__name__}."
+        )
+    return _Route(pattern, application, dict(route.default_args), is_router)
+
+
+class URLRouter:
+    """Route a connection on its URL path, with Django's ``path()``/``re_path()``.
+
+    Example::
+
+        URLRouter([
+            path("ws/chat/<str:room>/", ChatConsumer.as_asgi()),
+            path("api/", URLRouter([re_path(r"^v(?P<version>\\d+)/$", ApiConsumer.as_asgi())])),
+        ])
+
+    Patterns are written without a leading ``/`` (as in Django URLconfs).
+    ``path()`` converters apply (``<int:pk>`` arrives as an ``int``). The
+    consumer finds the captures in ``scope["url_route"]["args"]`` and
+    ``["kwargs"]``.
+
+    Args:
+        routes: ``URLPattern`` objects from ``path()`` or ``re_path()``; a
+            pattern whose view is another :class:`URLRouter` matches as a prefix.
+
+    Raises:
+        ImproperlyConfigured: (at construction) a route is not a ``path()`` /
+            ``re_path()`` result, uses ``include()``, or routes to a consumer
+            class instead of ``Consumer.as_asgi()``.
+        ValueError: (when called) the scope has no ``path``, or no route matches;
+            the message names the path.
+    """
+
+    def __init__(self, routes: Iterable[URLPattern | URLResolver]) -> None:
+        self.routes = list(routes)
+        self._compiled = [_compile_route(route, i) for i, route in enumerate(self.routes)]
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        path = self._path_to_match(scope)
+        for route in self._compiled:
+            match = route.pattern.match(path)
+            if match is None:
+                continue
+            remaining, args, kwargs = match
+            outer = scope.get("url_route") or {}
+            url_route = {
+                "args": tuple(outer.get("args", ())) + tuple(args),
+                "kwargs": {**outer.get("kwargs", {}), **kwargs, **route.default_kwargs},
+            }
+            inner_scope = dict(scope, path_remaining=remaining, url_route=url_route)
+            await route.application(inner_scope, receive, send)
+            return
+        raise ValueError(f"No route found for path {scope.get('path')!r}.")
+
+    @staticmethod
+    def _path_to_match(scope: Scope) -> str:
+        remaining = scope.get("path_remaining")
+        if isinstance(remaining, str):
+            return remaining
+        path = scope.get("path")
+        if not isinstance(path, str):
+            raise ValueError("No 'path' key in the connection scope; cannot route URLs.")
+        root_path = scope.get("root_path") or ""
+        if root_path:
+            if path != root_path and not path.startswith(root_path.rstrip("/") + "/"):
+                raise ValueError(
+                    f"No route found for path {path!r} (outside root_path {root_path!r})."
+                )
+            path = path[len(root_path.rstrip("/")) :]
+        return path.removeprefix("/")
+
+
+class ChannelNameRouter:
+    """Route ``"channel"`` scopes (from the worker) on ``scope["channel"]``.
+
+    Args:
+        application_mapping: channel name to ASGI application.
+
+    Raises:
+        ValueError: (when called) the scope has no ``channel`` key, or no
+            application is configured for that channel; the message names it.
+    """
+
+    def __init__(self, application_mapping: Mapping[str, Any]) -> None:
+        self.application_mapping = dict(application_mapping)
+        self._routes = {
+            channel: _as_application(app, f"ChannelNameRouter[{channel!r}]")
+            for channel, app in self.application_mapping.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if "channel" not in scope:
+            raise ValueError(
+                "ChannelNameRouter got a scope without a 'channel' key; "
+                "route only 'channel' scopes to it (ProtocolTypeRouter({'channel': ...}))."
+            )
+        channel = scope["channel"]
+        application = self._routes.get(channel)
+        if application is None:
+            known = ", ".join(repr(c) for c in self._routes) or "none"
+            raise ValueError(
+                f"No application configured for channel name {channel!r} (configured: {known})."
+            )
+        await application(scope, receive, send)

@@ -1,0 +1,94 @@
+"""State shared by every connection of one server process.
+
+One ``ServerState`` lives per worker process. Connections register here so the
+once-a-second sweep can enforce timeouts and graceful shutdown can find them;
+the sweep also refreshes the cached ``Date`` header so that no request pays for
+formatting a timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tidings._types import ASGIApp
+from tidings.server.config import Config
+
+if TYPE_CHECKING:
+    from tidings.server.proxy import ProxyTrust
+
+__all__ = ["Connection", "ServerState"]
+
+error_log = logging.getLogger("tidings.error")
+access_log = logging.getLogger("tidings.access")
+
+
+class Connection(Protocol):
+    """What the sweep and shutdown need from a live connection."""
+
+    def check_timeouts(self, now: float) -> None: ...
+
+    def shutdown(self) -> None:
+        """Stop taking new requests; close at once if idle, else after the current one."""
+
+    def abort(self) -> None:
+        """Close now (graceful timeout exceeded)."""
+
+
+class ServerState:
+    """Per-process shared state: config, app, live connections, cached headers."""
+
+    def __init__(
+        self,
+        config: Config,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        proxy: ProxyTrust | None = None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.proxy = proxy
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.lifespan_state: dict[str, Any] = {}
+        self.closing = False
+        self.access_log = config.access_log
+        self.date_header = b""
+        # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
+        self.websocket_upgrade: Callable[[Any, dict[str, Any], bytes], None] | None = None
+        self.refresh()
+
+        self._idle = asyncio.Event()
+
+    def forget_connection(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.closing and not self.connections and not self.tasks:
+            self._idle.set()
+
+    def forget_task(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.closing and not self.connections and not self.tasks:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is open and no request task runs (after ``closing``)."""
+        if not self.connections and not self.tasks:
+            return
+        await self._idle.wait()
+
+    def refresh(self) -> None:
+        """Recompute values cached for one second (the Date header)."""
+        self.date_header = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+
+    def sweep(self) -> None:
+        """Run once a second: refresh caches and enforce per-connection timeouts."""
+        self.refresh()
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)

@@ -1,0 +1,1028 @@
+"""HTTP/1.1 over asyncio: one ``HttpProtocol`` per TCP connection.
+
+Theory of operation
+-------------------
+httptools (llhttp) parses; its callbacks land on the protocol object. Each
+request becomes a ``RequestCycle`` holding the ASGI scope, the buffered request
+body and the response state, and is run as one task. Requests are answered
+strictly in arrival order (RFC 9112 section 9.3.2): while a cycle is active,
+later pipelined requests wait in ``_queue`` and reading pauses once
+``max_pipeline`` are waiting.
+
+Invariants:
+- At most one cycle writes to the transport at a time (``_active``).
+- Nothing buffers without bound: the header block is counted while it is still
+  inside the parser; an unread request body pauses reading at ``_BODY_HIGH_WATER``;
+  ``send()`` waits while the transport is above its high-water mark.
+- A malformed request gets one status line (400, 413, 414, 431, 501, 505),
+  ``Connection: close``, one log line and no traceback; requests already
+  queued before it are answered first.
+- Timeouts are not timers per request: the server's once-a-second sweep calls
+  ``check_timeouts``, which keeps the hot path free of ``call_later``.
+
+What must not go here: WebSocket framing (``tidings.wire`` and
+``tidings.server.websocket``) and anything that knows about Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import unquote
+
+import httptools
+
+from tidings._types import ASGIApp, Message
+from tidings.server._state import ServerState, access_log, error_log
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ClientDisconnected", "HttpProtocol", "RequestCycle", "simple_response"]
+
+_ASGI_VERSIONS: Final = {"version": "3.0", "spec_version": "2.4"}
+_EXTENSIONS: Final[dict[str, dict[object, object]]] = {
+    "http.response.trailers": {},
+    "http.response.pathsend": {},
+}
+
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in http.HTTPStatus
+}
+_METHODS: dict[bytes, str] = {
+    m: m.decode("ascii")
+    for m in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
+}
+
+# Header names the protocol itself must look at (RFC 9112 sections 3.2, 6 and 9.6).
+_HOST, _EXPECT, _TE, _CL, _UPGRADE, _XFF, _XFP = range(7)
+_SPECIAL: Final = {
+    b"host": _HOST,
+    b"expect": _EXPECT,
+    b"transfer-encoding": _TE,
+    b"content-length": _CL,
+    b"upgrade": _UPGRADE,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+}
+
+# Unread request body above which reading pauses until the app calls receive().
+_BODY_HIGH_WATER: Final = 256 * 1024
+# Reasons reading is paused, as bits: resume only when all are gone.
+_PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_STOP = 1, 2, 4
+# Response chunk size for http.response.pathsend.
+_FILE_CHUNK: Final = 256 * 1024
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` once the client has gone (ASGI spec: an OSError subclass)."""
+
+
+class _RequestError(Exception):
+    """A request the server refuses; carries the status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def simple_response(status: int, body: str | None = None, *, close: bool = True) -> bytes:
+    """A complete small plain-text response, e.g. for errors the app never sees."""
+    phrase = http.HTTPStatus(status).phrase
+    payload = (body if body is not None else phrase).encode("utf-8") + b"\n"
+    head = _STATUS_LINES[status] + b"content-type: text/plain; charset=utf-8\r\n"
+    head += b"content-length: %d\r\n" % len(payload)
+    if close:
+        head += b"connection: close\r\n"
+    return head + b"\r\n" + payload
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: parses requests, runs the ASGI app per request."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        config = state.config
+        self.limits = config.limits
+        self.timeouts = config.timeouts
+        self.root_path = config.root_path
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.scheme = "https" if config.is_ssl else "http"
+        # Request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_size = 0
+        self._in_headers = False
+        self._raw_bytes = 0  # bytes fed while inside a header block
+        self._host_count = 0
+        self._expect_continue = False
+        self._te: bytes | None = None
+        self._content_length = -1
+        self._upgrade: bytes | None = None
+        self._xff: bytes | None = None
+        self._xfp: bytes | None = None
+        self._parsing: RequestCycle | None = None
+        # Requests answered in order.
+        self._active: RequestCycle | None = None
+        self._queue: deque[RequestCycle | _RequestError] = deque()
+        self._paused = 0
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closing = False  # no further requests on this connection
+        self._lost = False
+        self._eof = False
+        self._failed = False
+        now = time.monotonic()
+        self._header_start: float | None = now
+        self._idle_since: float | None = None
+        # Hook for the WebSocket upgrade; set by the server when WebSocket is on.
+        self.upgrade_handler: Callable[[HttpProtocol, dict[str, Any], bytes], None] | None = (
+            state.websocket_upgrade
+        )
+        self._pending_upgrade: dict[str, Any] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        state = self.state
+        state.connections.add(self)
+        if len(state.connections) > self.limits.max_connections or state.closing:
+            # Over the limit: answer 503 and close rather than hold the socket
+            # unanswered (the client sees why; a load balancer can retry).
+            error_log.warning(
+                "connection refused: %d open connections is the limit (--max-connections)",
+                self.limits.max_connections,
+            )
+            self._closing = True
+            transport.write(simple_response(503, "Server busy, try again later"))
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) >= 2:
+            self.server = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str) and sock:
+            self.server = (sock, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._closing = True
+        self.state.forget_connection(self)
+        for cycle in (self._active, self._parsing):
+            if cycle is not None:
+                cycle.on_disconnect()
+        for item in self._queue:
+            if isinstance(item, RequestCycle):
+                item.on_disconnect()
+        self._queue.clear()
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        if self._parsing is None:
+            self._raw_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            err = exc.__context__
+            if isinstance(err, _RequestError):
+                self._fail(err)
+            else:
+                error_log.error("internal error while parsing a request", exc_info=err)
+                self._fail(_RequestError(500, "internal error"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(_RequestError(400, _parser_reason(exc)))
+            return
+        if self._in_headers and self._raw_bytes > self.limits.max_header_size:
+            # The parser holds the partial header block; cut it off here.
+            self._fail(_RequestError(431, "request header block too large"))
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after a complete request (``nc``-style)
+        # still gets its responses. One that stops mid-request has gone away:
+        # returning False closes the transport and the app sees a disconnect.
+        self._eof = True
+        if self._parsing is not None or self._in_headers:
+            return False
+        if self._active is None and not self._queue:
+            self._close()
+        return True
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_size = 0
+        self._in_headers = True
+        self._host_count = 0
+        self._expect_continue = False
+        self._te = None
+        self._content_length = -1
+        self._upgrade = None
+        self._xff = None
+        self._xfp = None
+        self._idle_since = None
+        self._header_start = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_header_size:
+            raise _RequestError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value) + 4
+        if self._header_size > self.limits.max_header_size:
+            raise _RequestError(431, "request header block too large")
+        if not self._in_headers:
+            # Trailer fields of a chunked body (RFC 9112 section 7.1.2): counted
+            # against the header budget and discarded.
+            return
+        name = name.lower()
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self.limits.max_header_count:
+            raise _RequestError(431, "too many request header fields")
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            return
+        if kind == _HOST:
+            self._host_count += 1
+        elif kind == _EXPECT:
+            if value.lower() == b"100-continue":
+                self._expect_continue = True
+        elif kind == _TE:
+            self._te = value if self._te is None else self._te + b"," + value
+        elif kind == _CL:
+            self._content_length = int(value)  # llhttp has validated the digits
+        elif kind == _UPGRADE:
+            self._upgrade = value
+        elif kind == _XFF:
+            self._xff = value if self._xff is None else self._xff + b"," + value
+        elif kind == _XFP:
+            self._xfp = value
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._header_start = None
+        self._raw_bytes = 0
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _RequestError(505, f"HTTP/{version} is not supported")
+        # RFC 9112 section 3.2: a server MUST respond with 400 to an HTTP/1.1
+        # request without Host, or with more than one Host field.
+        if self._host_count != 1 and (self._host_count > 1 or version == "1.1"):
+            raise _RequestError(400, "missing or repeated Host header")
+        if self._te is not None:
+            if version == "1.0":
+                # RFC 9112 section 6.1: the framing of such a message is faulty.
+                raise _RequestError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c.strip().lower() for c in self._te.split(b",")]
+            if codings[-1] != b"chunked":
+                # RFC 9112 section 6.3: the body length can't be determined.
+                raise _RequestError(400, "chunked is not the final transfer coding")
+            if any(c != b"chunked" for c in codings):
+                # RFC 9112 section 6.1: 501 for a transfer coding we don't implement.
+                raise _RequestError(501, "unsupported transfer coding")
+        if self._content_length > self.limits.max_body_size:
+            raise _RequestError(413, "request body larger than --max-body-size")
+
+        raw = self._url
+        if raw[:1] == b"/":
+            q = raw.find(b"?")
+            if q < 0:
+                raw_path, query = raw, b""
+            else:
+                raw_path, query = raw[:q], raw[q + 1 :]
+        elif raw == b"*":
+            raw_path, query = raw, b""
+        else:
+            try:
+                parsed = httptools.parse_url(raw)
+            except httptools.HttpParserInvalidURLError:
+                raise _RequestError(400, "invalid request target") from None
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        path = raw_path.decode("utf-8", "surrogateescape")
+        if "%" in path:
+            path = unquote(path)
+        root_path = self.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("utf-8") + raw_path
+        client = self.client
+        scheme = self.scheme
+        proxy = self.state.proxy
+        if proxy is not None and client is not None and proxy.is_trusted(client[0]):
+            if self._xfp is not None:
+                proto = self._xfp.decode("latin-1").split(",")[-1].strip().lower()
+                if proto in ("http", "https", "ws", "wss"):
+                    scheme = "https" if proto in ("https", "wss") else "http"
+            if self._xff is not None:
+                forwarded = proxy.client_from(self._xff)
+                if forwarded is not None:
+                    client = (forwarded, 0)
+        method = parser.get_method()
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": _ASGI_VERSIONS,
+            "http_version": version,
+            "method": _METHODS.get(method) or method.decode("ascii"),
+            "scheme": scheme,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": root_path,
+            "headers": self._headers,
+            "client": client,
+            "server": self.server,
+            "state": self.state.lifespan_state.copy(),
+            "extensions": _EXTENSIONS,
+        }
+        if (
+            self._upgrade is not None
+            and self.upgrade_handler is not None
+            and parser.should_upgrade()
+            and b"websocket" in self._upgrade.lower()
+        ):
+            # Handled in data_received once the parser reports the upgrade.
+            self._pending_upgrade = scope
+            return
+        cycle = RequestCycle(
+            self,
+            scope,
+            keep_alive=parser.should_keep_alive() and not self._closing,
+            expect_continue=self._expect_continue and version == "1.1",
+        )
+        self._parsing = cycle
+        if self._active is None and not self._queue:
+            self._start(cycle)
+        else:
+            self._queue.append(cycle)
+            if len(self._queue) >= self.limits.max_pipeline:
+                self._pause(_PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None:
+            return
+        cycle.body_size += len(body)
+        if cycle.body_size > self.limits.max_body_size:
+            raise _RequestError(413, "request body larger than --max-body-size")
+        if cycle.discard_body:
+            return
+        cycle.body.append(body)
+        cycle.buffered += len(body)
+        cycle.last_body = time.monotonic()
+        waiter = cycle.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if cycle.buffered > _BODY_HIGH_WATER:
+            self._pause(_PAUSE_BODY)
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        if cycle is None:
+            return
+        self._parsing = None
+        cycle.body_complete = True
+        waiter = cycle.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- request flow -------------------------------------------------------------------
+
+    def _start(self, cycle: RequestCycle) -> None:
+        self._active = cycle
+        task = self.loop.create_task(cycle.run(self.state.app))
+        cycle.task = task
+        self.state.tasks.add(task)
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        """The response of ``cycle`` is complete (or failed): move to the next request."""
+        if self._active is cycle:
+            self._active = None
+        if self._lost:
+            return
+        if not cycle.keep_alive:
+            self._close()
+            return
+        if not cycle.body_complete:
+            if cycle.expect_continue and not cycle.sent_continue:
+                # The client is waiting for our go-ahead and will not send the
+                # body: the connection can't be reused (RFC 9110 section 10.1.1).
+                self._close()
+                return
+            cycle.discard_body = True
+            cycle.body.clear()
+            cycle.buffered = 0
+            self._resume(_PAUSE_BODY)
+        if self._queue:
+            nxt = self._queue.popleft()
+            if isinstance(nxt, _RequestError):
+                self._write_error(nxt)
+                return
+            self._resume(_PAUSE_PIPELINE)
+            self._start(nxt)
+            return
+        if self._closing or self._eof:
+            self._close()
+            return
+        self._resume(_PAUSE_PIPELINE)
+        if self._parsing is None and not self._in_headers:
+            self._idle_since = time.monotonic()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.transport.close()
+
+    def _fail(self, err: _RequestError) -> None:
+        """The client sent something we refuse: answer once, in order, and close."""
+        self._failed = True
+        self._in_headers = False
+        self._header_start = None
+        self._pause(_PAUSE_STOP)
+        parsing = self._parsing
+        self._parsing = None
+        if parsing is not None and parsing is not self._active:
+            # The request's headers were fine but its body is not (413, bad chunk):
+            # it must not run.
+            try:
+                self._queue.remove(parsing)
+            except ValueError:
+                pass
+        if parsing is not None:
+            parsing.on_disconnect()
+        logger_level = logging.INFO if err.status < 500 else logging.ERROR
+        error_log.log(
+            logger_level,
+            "%s - bad request: %d %s",
+            _fmt_client(self.client),
+            err.status,
+            err.reason,
+        )
+        if self._active is None and not self._queue:
+            self._write_error(err)
+        elif parsing is not None and parsing is self._active and not parsing.response_started:
+            # Its body failed while the app runs: the app sees a disconnect and
+            # the client gets the error status instead of a response.
+            self._active = None
+            self._write_error(err)
+        else:
+            self._queue.append(err)
+
+    def _write_error(self, err: _RequestError) -> None:
+        self._closing = True
+        if not self.transport.is_closing():
+            self.transport.write(simple_response(err.status))
+            self.transport.close()
+
+    def _on_upgrade(self, trailing: bytes) -> None:
+        scope = self._pending_upgrade
+        if scope is None:
+            # An upgrade we don't speak (e.g. h2c): the request was served as
+            # plain HTTP/1.1; go on parsing what follows with a fresh parser.
+            self.parser = httptools.HttpRequestParser(self)
+            if trailing:
+                self.data_received(trailing)
+            return
+        self._pending_upgrade = None
+        if self._active is not None or self._queue:
+            # Pipelined behind other requests: a client must not do this
+            # (RFC 6455 section 4.1 waits for the 101); refuse rather than buffer.
+            self._fail(_RequestError(400, "WebSocket upgrade pipelined behind requests"))
+            return
+        handler = self.upgrade_handler
+        assert handler is not None
+        self.state.connections.discard(self)
+        self._failed = True  # this object no longer parses
+        handler(self, scope, trailing)
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the transport is below its high-water mark."""
+        if self._lost:
+            raise ClientDisconnected("client disconnected")
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+        if self._lost:
+            raise ClientDisconnected("client disconnected")
+
+    # -- lifecycle hooks used by the server -----------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        if self._lost or self.transport is None:
+            return
+        t = self.timeouts
+        if self._header_start is not None and not self._paused:
+            if now - self._header_start > t.header:
+                error_log.info(
+                    "%s - request headers not received within %.0f s (--header-timeout)",
+                    _fmt_client(self.client),
+                    t.header,
+                )
+                self._timeout()
+            return
+        if self._idle_since is not None and self._active is None:
+            if now - self._idle_since > t.keepalive:
+                self._closing = True
+                self.transport.close()
+            return
+        cycle = self._active
+        if (
+            cycle is not None
+            and cycle.waiter is not None
+            and not cycle.body_complete
+            and now - cycle.last_body > t.body
+        ):
+            error_log.info(
+                "%s - request body stalled for %.0f s (--body-timeout)",
+                _fmt_client(self.client),
+                t.body,
+            )
+            self._timeout()
+
+    def _timeout(self) -> None:
+        self._failed = True
+        self._closing = True
+        cycle = self._active
+        if cycle is not None:
+            cycle.on_disconnect()
+        if cycle is None or not cycle.response_started:
+            self.transport.write(simple_response(408))
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        self._closing = True
+        if self._active is None and not self._queue:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        for cycle in (self._active, *self._queue):
+            if isinstance(cycle, RequestCycle) and cycle.task is not None:
+                cycle.task.cancel()
+        self.transport.close()
+
+
+class RequestCycle:
+    """One request and its response: the ``receive`` and ``send`` the app gets."""
+
+    __slots__ = (
+        "body",
+        "body_complete",
+        "body_delivered",
+        "body_size",
+        "buffered",
+        "chunked",
+        "discard_body",
+        "disconnected",
+        "expect_continue",
+        "head_written",
+        "is_head",
+        "keep_alive",
+        "last_body",
+        "no_body",
+        "protocol",
+        "remaining",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "scope",
+        "sent",
+        "sent_continue",
+        "status",
+        "task",
+        "trailers",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        protocol: HttpProtocol,
+        scope: dict[str, Any],
+        *,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.sent_continue = False
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.body_size = 0
+        self.body_complete = False
+        self.body_delivered = False
+        self.discard_body = False
+        self.last_body = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.head_written = False
+        self.status = 0
+        self.response_headers: Any = ()
+        self.trailers = False
+        self.chunked = False
+        self.no_body = False
+        self.is_head = scope["method"] == "HEAD"
+        self.remaining = -1
+        self.sent = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run(self, app: ASGIApp) -> None:
+        protocol = self.protocol
+        try:
+            await app(self.scope, self.receive, self.send)
+        except Exception as exc:
+            if self.disconnected or isinstance(exc, ClientDisconnected):
+                error_log.debug("ASGI application stopped after the client left: %r", exc)
+            else:
+                error_log.error("Exception in ASGI application", exc_info=exc)
+            self._fail_response()
+        else:
+            if not self.response_started:
+                if not self.disconnected:
+                    error_log.error("ASGI application returned without starting a response")
+                self._fail_response()
+            elif not self.response_complete:
+                if not self.disconnected:
+                    error_log.error("ASGI application returned without completing the response")
+                self._fail_response()
+        finally:
+            if self.task is not None:
+                protocol.state.forget_task(self.task)
+
+    def _fail_response(self) -> None:
+        if self.response_complete:
+            return
+        self.keep_alive = False
+        self.response_complete = True
+        transport = self.transport
+        if not self.head_written and not self.disconnected and not transport.is_closing():
+            transport.write(simple_response(500, "Internal Server Error"))
+            self.status = 500
+        self.protocol.cycle_done(self)
+
+    # -- receive ------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        if self.body_delivered:
+            # The whole body was delivered: the next event is the disconnect,
+            # after the response is complete or when the client leaves.
+            await self._wait()
+            return {"type": "http.disconnect"}
+        if not self.body and not self.body_complete:
+            if self.expect_continue and not self.sent_continue and not self.response_started:
+                self.sent_continue = True
+                self.transport.write(_CONTINUE)
+            self.last_body = time.monotonic()
+            self.protocol._resume(_PAUSE_BODY)
+            await self._wait()
+            if self._gone():
+                return {"type": "http.disconnect"}
+        chunks = self.body
+        if len(chunks) == 1:
+            body = chunks[0]
+            chunks.clear()
+        elif chunks:
+            body = b"".join(chunks)
+            chunks.clear()
+        else:
+            body = b""
+        if self.buffered:
+            self.buffered = 0
+            self.protocol._resume(_PAUSE_BODY)
+        more = not self.body_complete
+        if not more:
+            self.body_delivered = True
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    def _gone(self) -> bool:
+        return self.disconnected
+
+    async def _wait(self) -> None:
+        waiter = self.waiter = self.protocol.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    # -- send ---------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        mtype = message["type"]
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        if not self.response_started:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
+            status = message["status"]
+            if not isinstance(status, int) or not 200 <= status <= 599:
+                raise RuntimeError(f"invalid HTTP status {status!r} in http.response.start")
+            self.response_started = True
+            self.status = status
+            self.response_headers = message.get("headers", ())
+            self.trailers = bool(message.get("trailers", False))
+            return
+        if self.response_complete and not self.trailers:
+            raise RuntimeError(f"ASGI message {mtype!r} sent after the response was complete")
+        if mtype == "http.response.body":
+            if self.response_complete:
+                raise RuntimeError("http.response.body sent after the response was complete")
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                if not isinstance(body, (bytearray, memoryview)):
+                    raise TypeError("http.response.body 'body' must be bytes")
+                body = bytes(body)
+            more = message.get("more_body", False)
+            self._write_body(body, more)
+            if not more:
+                if self.trailers:
+                    self.response_complete = True
+                else:
+                    self._complete()
+            if self.protocol._write_paused:
+                await self.protocol.drain()
+        elif mtype == "http.response.trailers":
+            if not self.trailers or not self.response_complete or not self.head_written:
+                raise RuntimeError("http.response.trailers sent out of order or not announced")
+            more_trailers = message.get("more_trailers", False)
+            if self.chunked and not self.is_head and not self.no_body:
+                lines = [b"%s: %s\r\n" % (n, v) for n, v in message.get("headers", ())]
+                _check_header_block(lines)
+                if not more_trailers:
+                    lines.append(b"\r\n")
+                self.transport.write(b"".join(lines))
+            if not more_trailers:
+                self.trailers = False
+                self._complete()
+        elif mtype == "http.response.pathsend":
+            await self._send_path(message["path"])
+        else:
+            raise RuntimeError(f"unexpected ASGI message {mtype!r} during an HTTP response")
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        transport = self.transport
+        if not self.head_written:
+            head = self._head(len(body) if not more else -1)
+            if not self.chunked and not self.no_body and not self.is_head:
+                self._check_fits(len(body))  # raise before anything is written: a 500
+            self.head_written = True
+            if self.no_body or self.is_head:
+                self.sent += len(body)
+                transport.write(head)
+                return
+            if self.chunked:
+                out = [head]
+                if body:
+                    out += (b"%x\r\n" % len(body), body, b"\r\n")
+                if not more and not self.trailers:
+                    out.append(_LAST_CHUNK)
+                elif not more:
+                    out.append(b"0\r\n")
+                transport.writelines(out)
+                self.sent += len(body)
+                return
+            self._counted(len(body))
+            if len(body) < 16384:
+                transport.write(head + body)
+            else:
+                transport.writelines((head, body))
+            if not more:
+                self._check_length()
+            return
+        if self.no_body or self.is_head:
+            self.sent += len(body)
+            return
+        if self.chunked:
+            if body:
+                tail = (b"\r\n" + _LAST_CHUNK) if not more and not self.trailers else b"\r\n"
+                if not more and self.trailers:
+                    tail = b"\r\n0\r\n"
+                transport.writelines((b"%x\r\n" % len(body), body, tail))
+            elif not more:
+                transport.write(_LAST_CHUNK if not self.trailers else b"0\r\n")
+            self.sent += len(body)
+            return
+        self._counted(len(body))
+        if body:
+            transport.write(body)
+        if not more:
+            self._check_length()
+
+    def _check_fits(self, n: int) -> None:
+        if 0 <= self.remaining < n:
+            raise RuntimeError("response body longer than its Content-Length")
+
+    def _counted(self, n: int) -> None:
+        self._check_fits(n)
+        self.sent += n
+        if self.remaining >= 0:
+            self.remaining -= n
+
+    def _check_length(self) -> None:
+        if self.remaining > 0:
+            # The client would wait for bytes that never come.
+            error_log.error("response body shorter than its Content-Length; closing connection")
+            self.keep_alive = False
+
+    def _head(self, body_length: int) -> bytes:
+        """Status line and headers. ``body_length`` is -1 when the body streams."""
+        status = self.status
+        protocol = self.protocol
+        scope = self.scope
+        lines = [
+            _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
+            protocol.state.date_header,
+        ]
+        content_length = -1
+        app_chunked = False
+        for name, value in self.response_headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise RuntimeError(f"invalid Content-Length {value!r}") from None
+            elif lname == b"transfer-encoding":
+                app_chunked = True
+                continue  # framing is ours to choose
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        _check_header_block(lines[2:], 4)
+        http10 = scope["http_version"] == "1.0"
+        if status < 200 or status == 204 or status == 304:
+            self.no_body = True
+        elif content_length >= 0:
+            self.remaining = content_length
+        elif body_length >= 0 and not app_chunked and not self.trailers:
+            if not (self.is_head and body_length == 0):
+                lines.append(b"content-length: %d\r\n" % body_length)
+            self.remaining = body_length
+        elif self.is_head:
+            pass
+        elif http10:
+            self.keep_alive = False  # the body ends when the connection does
+        else:
+            self.chunked = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if protocol._closing or (
+            self.expect_continue and not self.sent_continue and not self.body_complete
+        ):
+            # A client still waiting for "100 Continue" will not send the body
+            # we would have to skip (RFC 9110 section 10.1.1): don't reuse.
+            self.keep_alive = False
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        elif http10:
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _send_path(self, path: str) -> None:
+        if self.head_written:
+            raise RuntimeError("http.response.pathsend after the body had started")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise RuntimeError(f"http.response.pathsend: cannot open {path!r}: {exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            transport = self.transport
+            head = self._head(size)
+            self.head_written = True
+            transport.write(head)
+            if not (self.no_body or self.is_head):
+                if self.remaining >= 0 and self.remaining != size:
+                    raise RuntimeError("http.response.pathsend: Content-Length differs from file")
+                left = size
+                while left > 0:
+                    chunk = os.read(fd, min(_FILE_CHUNK, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    if self.chunked:
+                        transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    else:
+                        transport.write(chunk)
+                    self.sent += len(chunk)
+                    if self.protocol._write_paused:
+                        await self.protocol.drain()
+                    if self.disconnected:
+                        raise ClientDisconnected("client disconnected")
+                if left:
+                    self.keep_alive = False  # the file shrank under us
+                if self.chunked:
+                    transport.write(_LAST_CHUNK)
+                self.remaining = 0
+        finally:
+            os.close(fd)
+        self._complete()
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        protocol = self.protocol
+        if protocol.state.access_log:
+            scope = self.scope
+            qs = scope["query_string"]
+            access_log.info(
+                '%s - "%s %s%s HTTP/%s" %d %d',
+                _fmt_client(scope["client"]),
+                scope["method"],
+                scope["path"],
+                ("?" + qs.decode("latin-1")) if qs else "",
+                scope["http_version"],
+                self.status,
+                self.sent,
+            )
+        protocol.cycle_done(self)
+
+
+def _check_header_block(parts: list[bytes], stride: int = 1) -> None:
+    """Refuse response headers that would inject lines (CR, LF or NUL in a name or value).
+
+    Counting in C over the joined block is far cheaper than a regex per header.
+    """
+    block = b"".join(parts)
+    lines = len(parts) // stride
+    if block.count(b"\n") != lines or block.count(b"\r") != lines or b"\0" in block:
+        raise RuntimeError("response header name or value contains CR, LF or NUL")
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def _fmt_client(client: tuple[str, int] | None) -> str:
+    if client is None:
+        return "-"
+    return f"{client[0]}:{client[1]}"

@@ -1,0 +1,322 @@
+"""One server process: bind or adopt sockets, run lifespan, serve, shut down gracefully.
+
+``run(config)`` is the entry point for everything: with ``--workers 1`` and
+no ``--reload`` it serves in this process; otherwise it hands over to the
+supervisor in ``tidings.server.supervisor``, which forks processes that each
+end up in ``Server.serve`` on the sockets the supervisor bound.
+
+Shutdown (SIGTERM or SIGINT): stop accepting, close idle connections at once,
+let in-flight requests finish for up to ``--graceful-timeout`` seconds, then
+cancel what is left, run lifespan shutdown and exit 0. A second SIGINT exits
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import stat
+from collections.abc import Callable
+from typing import cast
+
+from tidings._types import ASGIApp
+from tidings.server._state import ServerState
+from tidings.server.config import Config, ConfigError
+from tidings.server.http11 import HttpProtocol
+from tidings.server.lifespan import Lifespan, LifespanError
+from tidings.server.proxy import ProxyTrust
+
+__all__ = [
+    "EXIT_STARTUP_FAILED",
+    "AppImportError",
+    "Server",
+    "bind_sockets",
+    "import_app",
+    "run",
+]
+
+logger = logging.getLogger("tidings.error")
+
+# Exit status when the app failed to import or lifespan startup failed; the
+# supervisor does not restart a worker that exits with it.
+EXIT_STARTUP_FAILED = 3
+
+_SWEEP_INTERVAL = 1.0
+
+
+class AppImportError(Exception):
+    """The ``module:attr`` given to ``tidings serve`` could not be loaded."""
+
+
+def import_app(target: str | object, *, factory: bool = False) -> ASGIApp:
+    """Load the ASGI app named ``module:attr`` (``attr`` may be dotted).
+
+    Raises:
+        AppImportError: with a message that says what was wrong.
+    """
+    if not isinstance(target, str):
+        app: object = target
+    else:
+        module_name, sep, attrs = target.partition(":")
+        if not sep or not module_name or not attrs:
+            raise AppImportError(f"application {target!r} must be given as 'module:attribute'")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+                raise
+            raise AppImportError(f"could not import module {module_name!r}") from exc
+        app = module
+        for part in attrs.split("."):
+            try:
+                app = getattr(app, part)
+            except AttributeError:
+                raise AppImportError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    if factory:
+        if not callable(app):
+            raise AppImportError(f"--factory given but {target!r} is not callable")
+        app = app()
+    if not callable(app):
+        raise AppImportError(f"{target!r} is not an ASGI application (not callable)")
+    return cast(ASGIApp, app)
+
+
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """Create the listening sockets (before any fork, so workers share them)."""
+    if config.fd is not None:
+        sock = socket.socket(fileno=config.fd)
+        sock.set_inheritable(True)
+        return [sock]
+    if config.uds is not None:
+        path = config.uds
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o660)
+        sock.listen(config.limits.backlog)
+        sock.set_inheritable(True)
+        return [sock]
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    sock.listen(config.limits.backlog)
+    sock.set_inheritable(True)
+    return [sock]
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.is_ssl:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(
+            cast(str, config.ssl_certfile), config.ssl_keyfile, config.ssl_keyfile_password
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ssl-certfile/--ssl-keyfile: cannot load: {exc}") from exc
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class Server:
+    """Serves one app on given sockets in the running event loop."""
+
+    def __init__(self, config: Config, app: ASGIApp) -> None:
+        self.config = config
+        self.app = app
+        self.state: ServerState | None = None
+        self._stop: asyncio.Event | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self.started = False
+
+    def request_stop(self) -> None:
+        """Begin graceful shutdown; a second call during it cuts it short.
+
+        Not thread-safe: call from the event loop (``loop.call_soon_threadsafe``).
+        """
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, sockets: list[socket.socket]) -> int:
+        """Serve until asked to stop; return the process exit status."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        proxy = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
+        state = self.state = ServerState(config, self.app, loop, proxy=proxy)
+        self._stop = asyncio.Event()
+
+        lifespan = Lifespan(self.app, config.lifespan, state.lifespan_state)
+        try:
+            await lifespan.startup()
+        except LifespanError as exc:
+            logger.error("application startup failed: %s", exc)
+            return EXIT_STARTUP_FAILED
+
+        ssl_ctx = _ssl_context(config)
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: HttpProtocol(state),
+                sock=sock,
+                ssl=ssl_ctx,
+                backlog=config.limits.backlog,
+            )
+            self._servers.append(server)
+        self._log_listening(sockets)
+        self.started = True
+        sweeper = loop.create_task(self._sweep(state))
+        try:
+            await self._stop.wait()
+        finally:
+            sweeper.cancel()
+        await self._shutdown(state)
+        await lifespan.shutdown()
+        return 0
+
+    async def _sweep(self, state: ServerState) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            try:
+                state.sweep()
+            except Exception:
+                logger.exception("error in the connection sweep")
+
+    async def _shutdown(self, state: ServerState) -> None:
+        state.closing = True
+        for server in self._servers:
+            server.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        assert self._stop is not None
+        self._stop.clear()  # a second signal sets it again: force
+        idle = asyncio.ensure_future(state.wait_idle())
+        forced = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait(
+            {idle, forced},
+            timeout=self.config.timeouts.graceful,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        idle.cancel()
+        forced.cancel()
+        if state.connections or state.tasks:
+            logger.warning(
+                "graceful shutdown: %d connections and %d requests still open; closing them",
+                len(state.connections),
+                len(state.tasks),
+            )
+            for conn in list(state.connections):
+                conn.abort()
+            for task in list(state.tasks):
+                task.cancel()
+            if state.tasks:
+                await asyncio.wait(list(state.tasks), timeout=1.0)
+
+    def _log_listening(self, sockets: list[socket.socket]) -> None:
+        scheme = "https" if self.config.is_ssl else "http"
+        for sock in sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                host = f"[{name[0]}]" if ":" in name[0] else name[0]
+                where = f"{scheme}://{host}:{name[1]}"
+            else:
+                where = f"unix socket {name}"
+            logger.info("Tidings serving on %s (pid %d)", where, os.getpid())
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """An event loop of the requested kind; ``auto`` prefers uvloop when installed."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+    return asyncio.new_event_loop()
+
+
+def serve_in_process(
+    config: Config,
+    sockets: list[socket.socket],
+    *,
+    on_server: Callable[[Server], None] | None = None,
+) -> int:
+    """Import the app and serve it on ``sockets`` in this process until stopped."""
+    try:
+        app = import_app(config.app, factory=config.factory)
+    except AppImportError as exc:
+        logger.error("%s", exc)
+        return EXIT_STARTUP_FAILED
+    except Exception:
+        logger.exception("error while importing the application %r", config.app)
+        return EXIT_STARTUP_FAILED
+    loop = new_event_loop(config.loop)
+    asyncio.set_event_loop(loop)
+    server = Server(config, app)
+    if on_server is not None:
+        on_server(server)
+
+    def on_signal(signum: int) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        server.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return loop.run_until_complete(server.serve(sockets))
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        _cancel_all(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def run(config: Config) -> int:
+    """Serve ``config.app`` as configured; return the exit status.
+
+    With one worker and no reload this serves in the calling process; otherwise
+    a supervisor process forks the workers (and restarts dead ones).
+    """
+    from tidings.server.logconfig import configure_logging
+
+    configure_logging(config)
+    sockets = bind_sockets(config)
+    try:
+        if config.workers > 1 or config.reload:
+            from tidings.server.supervisor import Supervisor
+
+            return Supervisor(config, sockets).run()
+        return serve_in_process(config, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+        if config.uds is not None:
+            try:
+                os.unlink(config.uds)
+            except OSError:
+                pass

@@ -1,0 +1,139 @@
+"""Small helpers for consumers: waiting on several message sources at once.
+
+Theory of operation
+-------------------
+A consumer listens on two sources at once: the ASGI ``receive`` callable and
+its channel-layer channel. Channels does this by creating a fresh task per
+message and waiting for the first one to finish. :class:`MessageMux` does it
+with one long-lived *pump* task per source, created once, and a demand rule:
+
+* a pump fetches the next message from its source only after the consumer
+  has finished handling the previous message from that same source;
+* :meth:`MessageMux.get` first re-arms the source of the message it handed
+  out last time, then waits for any source to have a message ready.
+
+So at most one message per source is in flight, nothing is read from a
+source while one of its own messages is being handled (a handler that stops
+the consumer leaves that source's next message where it was), and messages
+are handed out in the order they arrived. Another source's pump may be
+waiting in that source meanwhile and deliver one message, which ``get``
+returns next; if the consumer stops instead, that one message is dropped.
+With a single source there are no pump tasks at all: ``get`` awaits the
+source directly.
+
+An exception raised by a source is re-raised from ``get``. Closing the mux
+cancels the pumps and waits for them; a pump cancelled inside its source's
+``receive`` relies on that source being cancellation-safe (``asyncio.Queue``
+is, and so are the Tidings channel layers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+
+from tidings._types import Message
+
+__all__ = ["MessageMux", "MessageSource", "await_many_dispatch"]
+
+#: A zero-argument coroutine function returning one message (ASGI ``receive``).
+MessageSource = Callable[[], Awaitable[Message]]
+
+
+class MessageMux:
+    """Wait on several message sources at once without a task per message.
+
+    Use it as an async context manager so the pumps are always cleaned up::
+
+        async with MessageMux([receive, channel_receive]) as mux:
+            while True:
+                message = await mux.get()
+                await handle(message)
+
+    Args:
+        sources: zero-argument async callables, each returning one message.
+    """
+
+    def __init__(self, sources: Sequence[MessageSource]) -> None:
+        if not sources:
+            raise ValueError("MessageMux needs at least one message source")
+        self._sources = list(sources)
+        # Index of the source whose message ``get`` returned last, not yet re-armed.
+        self._pending_rearm: int | None = None
+        self._ready: collections.deque[tuple[int, Message | BaseException]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._demand = [asyncio.Event() for _ in self._sources]
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> MessageMux:
+        if len(self._sources) > 1:
+            for index in range(len(self._sources)):
+                self._demand[index].set()
+                self._pumps.append(asyncio.create_task(self._pump(index)))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the pumps and wait until they have stopped."""
+        pumps, self._pumps = self._pumps, []
+        for pump in pumps:
+            pump.cancel()
+        if pumps:
+            # return_exceptions: the pumps' CancelledError is expected. If *we* are
+            # cancelled while waiting, gather raises CancelledError here as it should.
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def get(self) -> Message:
+        """Return the next message from any source, in arrival order.
+
+        Raises:
+            Exception: whatever a source raised while fetching a message.
+        """
+        if len(self._sources) == 1:
+            return await self._sources[0]()
+        if self._pending_rearm is not None:
+            self._demand[self._pending_rearm].set()
+            self._pending_rearm = None
+        while not self._ready:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        index, item = self._ready.popleft()
+        if isinstance(item, BaseException):
+            # The failed pump has exited; don't re-arm it.
+            raise item
+        self._pending_rearm = index
+        return item
+
+    async def _pump(self, index: int) -> None:
+        source = self._sources[index]
+        demand = self._demand[index]
+        while True:
+            await demand.wait()
+            demand.clear()
+            try:
+                message = await source()
+            except Exception as exc:
+                self._ready.append((index, exc))
+                self._wakeup.set()
+                return
+            self._ready.append((index, message))
+            self._wakeup.set()
+
+
+async def await_many_dispatch(
+    consumer_callables: Sequence[MessageSource],
+    dispatch: Callable[[Message], Awaitable[None]],
+) -> None:
+    """Feed messages from several sources to ``dispatch``, one at a time, forever.
+
+    Channels' helper of the same name, built on :class:`MessageMux`: each
+    message is dispatched (and awaited) before the next one from the same
+    source is read. Returns only by an exception from a source or from
+    ``dispatch`` (for example :class:`~tidings.exceptions.StopConsumer`).
+    """
+    async with MessageMux(consumer_callables) as mux:
+        while True:
+            await dispatch(await mux.get())

@@ -1,0 +1,97 @@
+"""Sans-I/O protocol cores: bytes in, events out, bytes to send (stdlib only).
+
+``tidings.wire`` never imports asyncio, sockets, Django or any third-party package; the
+server's transports drive it. WebSocket pieces:
+
+* ``handshake``: validate the opening handshake, build the 101 or error response;
+* ``deflate``: permessage-deflate negotiation and per-message (de)compression;
+* ``frames``: opcodes, close codes, the client-frame parser, server-frame encoders;
+* ``websocket``: ``WebSocketConnection``, the per-connection state machine.
+
+Error tree (all importable from here)::
+
+    WebSocketError
+     +-- ProtocolError(code, reason)            answer with WebSocket close `code`
+     +-- ConnectionClosedError                  sending after the closing handshake began
+     +-- HandshakeError(status, reason, headers)  answer with HTTP `status`
+"""
+
+from __future__ import annotations
+
+from tidings.wire.deflate import DeflateConfig, PerMessageDeflate, negotiate_deflate
+from tidings.wire.frames import (
+    CloseCode,
+    ConnectionClosedError,
+    Frame,
+    FrameParser,
+    Opcode,
+    ProtocolError,
+    WebSocketError,
+    apply_mask,
+    encode_bytes,
+    encode_frame,
+    encode_message,
+    encode_text,
+    is_valid_close_code,
+)
+from tidings.wire.handshake import (
+    ExtensionOffer,
+    HandshakeError,
+    HandshakeRequest,
+    accept_key,
+    build_accept_response,
+    build_error_response,
+    parse_extensions,
+    parse_request,
+)
+from tidings.wire.websocket import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    BytesMessage,
+    CloseReceived,
+    ConnectionFailed,
+    ConnectionLost,
+    ConnectionState,
+    Event,
+    PingReceived,
+    PongReceived,
+    TextMessage,
+    WebSocketConnection,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "BytesMessage",
+    "CloseCode",
+    "CloseReceived",
+    "ConnectionClosedError",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "ConnectionState",
+    "DeflateConfig",
+    "Event",
+    "ExtensionOffer",
+    "Frame",
+    "FrameParser",
+    "HandshakeError",
+    "HandshakeRequest",
+    "Opcode",
+    "PerMessageDeflate",
+    "PingReceived",
+    "PongReceived",
+    "ProtocolError",
+    "TextMessage",
+    "WebSocketConnection",
+    "WebSocketError",
+    "accept_key",
+    "apply_mask",
+    "build_accept_response",
+    "build_error_response",
+    "encode_bytes",
+    "encode_frame",
+    "encode_message",
+    "encode_text",
+    "is_valid_close_code",
+    "negotiate_deflate",
+    "parse_extensions",
+    "parse_request",
+]

@@ -1,0 +1,574 @@
+"""A sans-I/O WebSocket connection, server side, after the opening handshake (RFC 6455).
+
+Theory of operation
+-------------------
+``WebSocketConnection`` is driven by its transport with three calls::
+
+    conn.receive_data(chunk)        # bytes from the socket; b"" on EOF
+    for event in conn.events(): ... # what the client did
+    transport.write(conn.data_to_send())
+
+and the send methods (``send_text``, ``send_bytes``, ``send_ping``, ``send_pong``,
+``close``, ``send_encoded``), which only append to the output buffer. It never blocks,
+sleeps or owns a timer: the closing-handshake timeout belongs to the transport.
+
+States (RFC 6455 §7)::
+
+    OPEN --close()--> CLOSING --client's close frame--> CLOSED
+    OPEN --client's close frame (we echo it, §5.5.1)--> CLOSED
+    OPEN/CLOSING --protocol error (we send a close frame, §7.1.7)--> CLOSED
+    OPEN/CLOSING --EOF (receive_data(b"")), §7.1.5 code 1006--> CLOSED
+
+In CLOSED the transport flushes ``data_to_send()`` and closes the TCP connection (the
+server closes first, §7.1.1). In CLOSING, data frames from the client are discarded until
+its close frame arrives (§5.5.1: no more data once we sent close).
+
+Every event is produced by ``receive_data``; the last event of a connection is always one
+of ``CloseReceived``, ``ConnectionFailed`` or ``ConnectionLost``, after which ``state`` is
+CLOSED and further input is ignored.
+
+Hot path: ``receive_data`` first tries a fast path for the overwhelmingly common chunk
+"exactly one complete, masked, unfragmented, uncompressed text or binary frame with a
+7-bit or 16-bit length" while no fragmented message is pending. For a 7-bit length one
+``int.from_bytes`` of the whole chunk yields the mask and the payload, one XOR unmasks it
+and one ``bytes.decode`` validates UTF-8; events are built without the frozen-dataclass
+``__init__`` detour. Everything else goes through ``FrameParser`` and the message
+assembly below. ``_fast_max``/``_fast_max16`` are the largest payloads the fast path may
+take now (within the frame limit), or -1 when it must not run (not OPEN, a partial frame
+buffered, or a fragmented message pending).
+UTF-8 of fragmented text is validated incrementally so an invalid fragment fails at once
+(§8.1); a whole message is decoded in one ``bytes.decode`` call.
+"""
+
+from __future__ import annotations
+
+import codecs
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from tidings.wire.deflate import PerMessageDeflate
+from tidings.wire.frames import (
+    _BINARY_HEADERS,
+    _LOW_BITS,
+    _MASK_REPEAT,
+    _TEXT_HEADERS,
+    MAX_CONTROL_PAYLOAD,
+    CloseCode,
+    ConnectionClosedError,
+    FrameParser,
+    Opcode,
+    ProtocolError,
+    apply_mask,
+    encode_close_payload,
+    encode_frame,
+    parse_close_payload,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "BytesMessage",
+    "CloseReceived",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "ConnectionState",
+    "Event",
+    "PingReceived",
+    "PongReceived",
+    "TextMessage",
+    "WebSocketConnection",
+]
+
+#: 1 MiB, as websockets and uvicorn use: generous for chat/JSON, small enough that a
+#: thousand connections each holding one maximal message stay within a gigabyte.
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+
+class ConnectionState(Enum):
+    """Where a connection is in the closing handshake (RFC 6455 §7)."""
+
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"  # we sent a close frame and wait for the client's
+    CLOSED = "CLOSED"  # nothing more to receive; flush and close the transport
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    """A complete text message (opcode 0x1, possibly reassembled from fragments)."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class BytesMessage:
+    """A complete binary message (opcode 0x2, possibly reassembled from fragments)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """A ping; the pong answer is already queued in ``data_to_send`` (RFC 6455 §5.5.2)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """A pong, solicited or not (RFC 6455 §5.5.3)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The client's close frame; code 1005 if it carried no code (RFC 6455 §7.1.5).
+
+    If we had not sent a close frame yet, the echo is already queued (§5.5.1). The
+    connection is CLOSED: flush and close the transport.
+    """
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed:
+    """The client broke the protocol; we failed the connection (RFC 6455 §7.1.7).
+
+    A close frame with ``code`` (1002 protocol error, 1007 invalid data, 1009 too big) is
+    queued unless we had already sent one. The connection is CLOSED.
+    """
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """EOF before the closing handshake finished: abnormal closure (RFC 6455 §7.1.5)."""
+
+    code: int = 1006  # CloseCode.ABNORMAL_CLOSURE, as a plain int
+
+
+Event = (
+    TextMessage
+    | BytesMessage
+    | PingReceived
+    | PongReceived
+    | CloseReceived
+    | ConnectionFailed
+    | ConnectionLost
+)
+
+# Fast constructors for the hot path. A frozen dataclass's __init__ goes through
+# object.__setattr__ by name, which costs about as much as unmasking a small frame;
+# setting the slot through its descriptor is the same assignment without the detour.
+# The instances are identical and stay frozen for everyone else.
+_new_object = object.__new__
+_set_text_data: Callable[[TextMessage, str], None] = TextMessage.__dict__["data"].__set__
+_set_bytes_data: Callable[[BytesMessage, bytes], None] = BytesMessage.__dict__["data"].__set__
+
+_OPEN = ConnectionState.OPEN
+_CLOSING = ConnectionState.CLOSING
+_CLOSED = ConnectionState.CLOSED
+_TEXT = Opcode.TEXT
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+# When deflate is off, "compress messages of at least this size" must never hold.
+_NEVER = sys.maxsize
+
+
+class WebSocketConnection:
+    """The server side of one WebSocket connection, after the handshake (RFC 6455 §5-§7).
+
+    Args:
+        max_message_size: largest message accepted, in bytes: the reassembled size of a
+            fragmented message and the decompressed size of a compressed one (close code
+            1009 beyond it). The wire size of one frame is also bounded by it.
+        max_frame_size: largest payload of a single frame, or None for
+            ``max_message_size`` (1009 beyond it).
+        deflate: the negotiated permessage-deflate state, or None without compression.
+    """
+
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_close_sent",
+        "_compress_min",
+        "_decoder",
+        "_deflate",
+        "_events",
+        "_fast_max",
+        "_fast_max16",
+        "_frag_compressed",
+        "_frag_opcode",
+        "_frag_parts",
+        "_frag_size",
+        "_frag_text",
+        "_frame_limit",
+        "_max_message_size",
+        "_out",
+        "_parser",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_frame_size: int | None = None,
+        deflate: PerMessageDeflate | None = None,
+    ) -> None:
+        if max_message_size < 0 or (max_frame_size is not None and max_frame_size < 0):
+            raise ValueError("size limits must be >= 0")
+        frame_limit = max_message_size
+        if max_frame_size is not None:
+            frame_limit = min(max_frame_size, max_message_size)
+        self._max_message_size = max_message_size
+        self._parser = FrameParser(max_frame_size=frame_limit, allow_rsv1=deflate is not None)
+        self._deflate = deflate
+        self._compress_min = _NEVER if deflate is None else deflate.min_size
+        self._events: list[Event] = []
+        # Queued output, one bytes object per frame: appending and joining once is cheaper
+        # than growing a bytearray and copying it out.
+        self._out: list[bytes] = []
+        self._state = _OPEN
+        self._close_sent = False
+        self._close_code: int | None = None
+        self._close_reason = ""
+        # The fragmented message being reassembled (RFC 6455 §5.4); opcode 0 = none.
+        self._frag_opcode = 0
+        self._frag_compressed = False
+        self._frag_parts: list[bytes] = []
+        self._frag_text: list[str] = []
+        self._frag_size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._frame_limit = frame_limit
+        self._fast_max = self._fast_max16 = -1
+        self._set_fast_path(True)
+
+    # --- state ------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """OPEN, CLOSING (we sent close, awaiting the client's) or CLOSED."""
+        return self._state
+
+    @property
+    def close_code(self) -> int | None:
+        """Why the connection ended: the client's code (1005 if none), the code we failed
+        it with, or 1006 after EOF; None until then."""
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason text matching ``close_code`` ("" if none)."""
+        return self._close_reason
+
+    # --- input ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the client; ``b""`` signals EOF.
+
+        Never raises for anything the client sends: protocol violations become a
+        ``ConnectionFailed`` event. Input after CLOSED is ignored.
+        """
+        n = len(data) - 6
+        # Fast path: the chunk is exactly one masked, final, uncompressed text or binary
+        # frame (first byte 0x81 or 0x82: FIN, no RSV bits) while the fast path is on.
+        if n >= 0 and 0x81 <= data[0] <= 0x82:
+            if n <= self._fast_max and data[1] == 0x80 | n:
+                # 7-bit length. Little-endian, bytes 2-5 are the mask and bytes 6.. the
+                # payload, so one int holds both (§5.2, §5.3).
+                v = int.from_bytes(data, "little")
+                payload = (
+                    ((v >> 48) ^ (((v >> 16) & 0xFFFFFFFF) * _MASK_REPEAT[n])) & _LOW_BITS[n]
+                ).to_bytes(n, "little")
+            elif (
+                data[1] == 0xFE  # masked, 16-bit length
+                and n - 2 <= self._fast_max16
+                and n - 2 == (data[2] << 8 | data[3])  # (so n >= 2 as well)
+            ):
+                payload = apply_mask(data[8:], data[4:8])
+            else:
+                self._receive_frames(data)
+                return
+            if data[0] == 0x82:
+                binary = _new_object(BytesMessage)
+                _set_bytes_data(binary, payload)
+                self._events.append(binary)
+                return
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
+                return
+            message = _new_object(TextMessage)
+            _set_text_data(message, text)
+            self._events.append(message)
+            return
+        self._receive_frames(data)
+
+    def events(self) -> list[Event]:
+        """The events produced since the last call, in order (a new list each time)."""
+        events = self._events
+        self._events = []
+        return events
+
+    def _receive_frames(self, data: bytes) -> None:
+        """The general path: any chunk, through the incremental frame parser."""
+        if self._state is _CLOSED:
+            return
+        if not data:
+            # RFC 6455 §7.1.5: the TCP connection closed without a close frame: 1006.
+            self._set_closed(1006, "")  # CloseCode.ABNORMAL_CLOSURE
+            self._events.append(ConnectionLost())
+            return
+        try:
+            for opcode, fin, rsv1, payload in self._parser.feed(data):
+                if opcode >= 0x8:
+                    self._on_control(opcode, payload)
+                    if self._state is _CLOSED:
+                        break
+                elif not self._close_sent:
+                    self._on_data(opcode, fin, rsv1, payload)
+                # else: §5.5.1, we sent close; data frames are discarded.
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
+        self._set_fast_path(
+            self._state is _OPEN and not self._frag_opcode and not self._parser.buffered
+        )
+
+    def _set_fast_path(self, enabled: bool) -> None:
+        """Allow the single-frame fast path (within the frame limit) or turn it off."""
+        if enabled:
+            self._fast_max = min(MAX_CONTROL_PAYLOAD, self._frame_limit)
+            self._fast_max16 = min(0xFFFF, self._frame_limit)
+        else:
+            self._fast_max = self._fast_max16 = -1
+
+    def _on_data(self, opcode: int, fin: bool, rsv1: bool, payload: bytes) -> None:
+        """A data frame (RFC 6455 §5.4 fragmentation rules)."""
+        if opcode == Opcode.CONTINUATION:
+            if not self._frag_opcode:
+                raise ProtocolError(
+                    CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
+                )
+            self._add_fragment(payload)
+            if fin:
+                self._finish_fragmented()
+            return
+        if self._frag_opcode:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, "new message started before the previous one ended"
+            )
+        if fin:
+            self._deliver(opcode, rsv1, payload)
+            return
+        self._frag_opcode = opcode
+        self._frag_compressed = rsv1
+        self._frag_size = 0
+        if opcode == _TEXT and not rsv1:
+            # Validate as fragments arrive so an invalid one fails at once (§8.1).
+            self._decoder = _Utf8Decoder()
+        self._add_fragment(payload)
+
+    def _add_fragment(self, payload: bytes) -> None:
+        self._frag_size += len(payload)
+        if self._frag_size > self._max_message_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                self._frag_text.append(decoder.decode(payload))
+            except UnicodeDecodeError:
+                raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
+            # CPython's decoder rejects every impossible prefix at once except ED A0-BF,
+            # the start of a UTF-16 surrogate, which it holds until the third byte.
+            pending = decoder.getstate()[0]
+            if len(pending) == 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+                raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
+        else:
+            self._frag_parts.append(payload)
+
+    def _finish_fragmented(self) -> None:
+        opcode = self._frag_opcode
+        decoder = self._decoder
+        self._frag_opcode = 0
+        self._decoder = None
+        if decoder is not None:
+            text = self._frag_text
+            self._frag_text = []
+            try:
+                text.append(decoder.decode(b"", True))
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message ends inside a character"
+                )
+            self._events.append(TextMessage("".join(text)))
+            return
+        payload = b"".join(self._frag_parts)
+        self._frag_parts = []
+        self._deliver(opcode, self._frag_compressed, payload)
+
+    def _deliver(self, opcode: int, compressed: bool, payload: bytes) -> None:
+        """A complete message, possibly compressed (RFC 7692 §6.2)."""
+        if compressed:
+            # The parser only lets RSV1 through when deflate was negotiated.
+            assert self._deflate is not None
+            payload = self._deflate.decompress(payload, max_size=self._max_message_size)
+        if opcode == _TEXT:
+            try:
+                self._events.append(TextMessage(payload.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
+        else:
+            self._events.append(BytesMessage(payload))
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        """A control frame; may arrive between fragments of a message (RFC 6455 §5.4)."""
+        if opcode == Opcode.PING:
+            self._events.append(PingReceived(payload))
+            if not self._close_sent:
+                # §5.5.2: answer with a pong carrying the same application data.
+                self._out.append(encode_frame(Opcode.PONG, payload))
+        elif opcode == Opcode.PONG:
+            self._events.append(PongReceived(payload))
+        else:
+            code, reason = parse_close_payload(payload)
+            if not self._close_sent:
+                # §5.5.1: echo the status code received (none if there was none).
+                echo = b"" if code == CloseCode.NO_STATUS_RCVD else code.to_bytes(2, "big")
+                self._out.append(encode_frame(Opcode.CLOSE, echo))
+                self._close_sent = True
+            self._set_closed(code, reason)
+            self._events.append(CloseReceived(code, reason))
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7) with close ``code``."""
+        if not self._close_sent:
+            self._out.append(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
+            self._close_sent = True
+        self._set_closed(code, reason)
+        self._events.append(ConnectionFailed(code, reason))
+
+    def _set_closed(self, code: int, reason: str) -> None:
+        self._state = _CLOSED
+        self._close_code = code
+        self._close_reason = reason
+        self._set_fast_path(False)
+        self._frag_opcode = 0
+        self._frag_parts = []
+        self._frag_text = []
+        self._decoder = None
+
+    # --- output -----------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client since the last call (``b""`` if nothing)."""
+        out = self._out
+        if len(out) == 1:
+            return out.pop()
+        if not out:
+            return b""
+        data = b"".join(out)
+        out.clear()
+        return data
+
+    def _check_open(self) -> None:
+        if self._state is not _OPEN:
+            raise ConnectionClosedError(f"cannot send: the connection is {self._state.value}")
+
+    def send_text(self, data: str) -> None:
+        """Queue a text message (compressed if deflate is on and it is long enough).
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+            UnicodeEncodeError: ``data`` contains lone surrogates.
+        """
+        if self._state is not _OPEN:
+            self._check_open()
+        payload = data.encode("utf-8")
+        n = len(payload)
+        if n >= self._compress_min:
+            self._send_compressed(Opcode.TEXT, payload)
+        elif n < 126:
+            self._out.append(_TEXT_HEADERS[n] + payload)
+        else:
+            self._out.append(encode_frame(Opcode.TEXT, payload))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue a binary message (compressed if deflate is on and it is long enough).
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+        """
+        if self._state is not _OPEN:
+            self._check_open()
+        n = len(data)
+        if n >= self._compress_min:
+            self._send_compressed(Opcode.BINARY, data)
+        elif n < 126:
+            self._out.append(_BINARY_HEADERS[n] + data)
+        else:
+            self._out.append(encode_frame(Opcode.BINARY, data))
+
+    def _send_compressed(self, opcode: int, payload: bytes) -> None:
+        # RFC 7692 §6: RSV1 on the (only) frame marks the message as compressed.
+        assert self._deflate is not None
+        self._out.append(encode_frame(opcode, self._deflate.compress(payload), rsv1=True))
+
+    def send_encoded(self, frame: bytes) -> None:
+        """Queue bytes that are already one or more complete frames, as is.
+
+        For broadcasts: ``frames.encode_message`` encodes a message once (uncompressed,
+        valid with or without deflate) and every member's connection queues the same
+        bytes. The caller is responsible for them being valid server frames.
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+        """
+        if self._state is not _OPEN:
+            self._check_open()
+        self._out.append(frame)
+
+    def send_ping(self, data: bytes = b"") -> None:
+        """Queue a ping (RFC 6455 §5.5.2).
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+            ValueError: ``data`` is longer than 125 bytes.
+        """
+        self._send_control(Opcode.PING, data)
+
+    def send_pong(self, data: bytes = b"") -> None:
+        """Queue an unsolicited pong, e.g. as a heartbeat (RFC 6455 §5.5.3).
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+            ValueError: ``data`` is longer than 125 bytes.
+        """
+        self._send_control(Opcode.PONG, data)
+
+    def _send_control(self, opcode: int, data: bytes) -> None:
+        self._check_open()
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("control frame payload longer than 125 bytes")
+        self._out.append(encode_frame(opcode, data))
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (RFC 6455 §7.1.2): queue a close frame, go CLOSING.
+
+        A no-op once a close frame was sent or the connection is CLOSED, so the transport
+        can call it unconditionally on shutdown.
+
+        Raises:
+            ValueError: ``code`` may not be sent, or ``reason`` is over 123 UTF-8 bytes.
+        """
+        if self._close_sent or self._state is _CLOSED:
+            return
+        self._out.append(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
+        self._close_sent = True
+        self._state = _CLOSING
+        self._set_fast_path(False)
