@@ -78,6 +78,7 @@ _PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_STOP = 1, 2, 4
 # Response chunk size for http.response.pathsend.
 _FILE_CHUNK: Final = 256 * 1024
 
+_OWS: Final = (b" ", b"\t")
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
@@ -275,6 +276,10 @@ class HttpProtocol(asyncio.Protocol):
             # against the header budget and discarded.
             return
         name = name.lower()
+        if value[-1:] in _OWS:
+            # llhttp strips leading whitespace only; a field value excludes
+            # trailing whitespace too (RFC 9110 section 5.5).
+            value = value.rstrip(b" \t")
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.limits.max_header_count:

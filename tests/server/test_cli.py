@@ -1,0 +1,381 @@
+"""``tidings serve`` as a real process: flags, signals, workers, sockets, TLS, reload."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+class Proc:
+    def __init__(self, args: list[str], log: Path, cwd: Path = ROOT) -> None:
+        self.log = log
+        self._fh = log.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "tidings", *args],
+            cwd=cwd,
+            env=_env(),
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output:
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged; output:\n{self.output}")
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._fh.close()
+        return self.popen.returncode
+
+
+@contextlib.contextmanager
+def tidings(
+    args: list[str], tmp_path: Path, *, ready: str = "Tidings serving on"
+) -> Iterator[Proc]:
+    proc = Proc(args, tmp_path / "server.log")
+    try:
+        proc.wait_for_log(ready)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def test_help_documents_every_option_with_its_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = " ".join(out.split())  # argparse wraps lines
+    for flag in [
+        "--host",
+        "--port",
+        "--uds",
+        "--fd",
+        "--workers",
+        "--root-path",
+        "--proxy-headers",
+        "--forwarded-allow-ips",
+        "--access-log",
+        "--log-level",
+        "--ssl-certfile",
+        "--ssl-keyfile",
+        "--reload",
+        "--factory",
+        "--max-header-size",
+        "--max-body-size",
+        "--max-connections",
+        "--header-timeout",
+        "--keepalive-timeout",
+        "--graceful-timeout",
+        "--backlog",
+        "--ws-max-message-size",
+        "--ws-ping-interval",
+        "--ws-per-message-deflate",
+    ]:
+        assert flag in out, flag
+    assert "(default: 104857600)" in out  # --max-body-size
+    assert "(default: 127.0.0.1)" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--workers", "0"], "--workers"),
+        (["--ssl-certfile", "x.pem"], "--ssl-keyfile"),
+        (["--forwarded-allow-ips", "not-an-ip"], "--forwarded-allow-ips"),
+        (["--max-body-size", "lots"], "--max-body-size"),
+        (["--root-path", "api/"], "--root-path"),
+    ],
+)
+def test_bad_flags_fail_at_start_naming_the_flag(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "tests.server.apps:hello", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_unimportable_app_exits_with_a_clear_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "no_such_module:app", "--port", "0"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 3
+    assert "could not import module 'no_such_module'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_failed_lifespan_startup_exits_non_zero_with_the_apps_message(tmp_path: Path) -> None:
+    (tmp_path / "failing_app.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    await send({'type': 'lifespan.startup.failed', 'message': 'no database'})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "failing_app:app", "--port", "0"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 3
+    assert "no database" in result.stderr
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(tmp_path: Path) -> None:
+    port = free_port()
+    with tidings(["serve", "tests.server.apps:slow_first", "--port", str(port)], tmp_path) as proc:
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(b"GET /0 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+        busy = socket.create_connection(("127.0.0.1", port))
+        busy.sendall(b"GET /1.0 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.3)  # let the request reach the app
+        proc.popen.send_signal(signal.SIGTERM)
+        # The idle keep-alive connection is closed at once...
+        idle.settimeout(5)
+        assert idle.recv(4096) == b""
+        # ...new connections are refused...
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("server still accepting after SIGTERM")
+        # ...and the in-flight request completes, then the server exits 0.
+        busy.settimeout(10)
+        response = b""
+        while chunk := busy.recv(4096):
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" in response
+        assert response.endswith(b"/1.0")
+        assert proc.popen.wait(15) == 0
+        idle.close()
+        busy.close()
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    port = free_port()
+    with tidings(
+        ["serve", "tests.server.apps:hello", "--port", str(port), "--workers", "2"],
+        tmp_path,
+        ready="started 2 workers",
+    ) as proc:
+        deadline = time.monotonic() + 15
+        while len(_children(proc.popen.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(proc.popen.pid)
+        assert len(workers) == 2
+        proc.wait_for_log("Tidings serving on")
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        proc.wait_for_log(f"worker {victim} died")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = _children(proc.popen.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the dead worker was not replaced")
+        for _ in range(20):
+            assert httpx.get(f"http://127.0.0.1:{port}/").text == "Hello, world!"
+        assert proc.stop() == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+def test_unix_domain_socket(tmp_path: Path) -> None:
+    path = tmp_path / "t.sock"
+    with tidings(["serve", "tests.server.apps:hello", "--uds", str(path)], tmp_path):
+        transport = httpx.HTTPTransport(uds=str(path))
+        with httpx.Client(transport=transport) as client:
+            r = client.get("http://localhost/")
+    assert r.text == "Hello, world!"
+
+
+def test_inherited_file_descriptor(tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    fd = sock.fileno()
+    log = tmp_path / "server.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "tidings", "serve", "tests.server.apps:hello", "--fd", str(fd)],
+            cwd=ROOT,
+            env=_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+        )
+        try:
+            sock.close()
+            r = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+            assert r.text == "Hello, world!"
+        finally:
+            popen.send_signal(signal.SIGTERM)
+            assert popen.wait(15) == 0
+
+
+def test_tls_with_alpn_http11(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make a test certificate (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    with tidings(
+        [
+            "serve",
+            "tests.server.apps:echo",
+            "--port",
+            str(port),
+            "--ssl-certfile",
+            str(cert),
+            "--ssl-keyfile",
+            str(key),
+        ],
+        tmp_path,
+    ):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.selected_alpn_protocol() == "http/1.1"
+            tls.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b'"scheme": "https"' in data
+
+
+def test_reload_restarts_on_code_change(tmp_path: Path) -> None:
+    app_dir = tmp_path / "proj"
+    app_dir.mkdir()
+    module = app_dir / "reloadable.py"
+    source = (
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'VERSION'})\n"
+    )
+    module.write_text(source.replace("VERSION", "one"))
+    port = free_port()
+    proc = Proc(
+        [
+            "serve",
+            "reloadable:app",
+            "--port",
+            str(port),
+            "--reload",
+            "--reload-dir",
+            str(app_dir),
+            "--app-dir",
+            str(app_dir),
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        proc.wait_for_log("Tidings serving on")
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "one"
+        time.sleep(1.1)  # mtime granularity
+        module.write_text(source.replace("VERSION", "two"))
+        deadline = time.monotonic() + 20
+        text = "one"
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text
+            except httpx.HTTPError:
+                pass
+            if text == "two":
+                break
+            time.sleep(0.1)
+        assert text == "two", proc.output
+        assert "reloading" in proc.output
+    finally:
+        assert proc.stop() == 0
