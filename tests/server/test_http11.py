@@ -396,6 +396,23 @@ async def test_stalled_body_is_cut_by_body_timeout() -> None:
     assert raw.startswith(b"HTTP/1.1 408 ")
 
 
+async def test_trickled_body_is_cut_by_the_minimum_rate() -> None:
+    async with serve(apps.echo, timeouts=Timeouts(body=0.5)) as srv:
+        reader, writer = await open_conn(srv.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        raw = b""
+        for _ in range(100):  # one byte every 50 ms: never idle for 0.5 s
+            writer.write(b"a")
+            await writer.drain()
+            try:
+                raw = await asyncio.wait_for(reader.read(), 0.05)
+            except TimeoutError:
+                continue
+            break
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 408 ")
+
+
 async def test_connections_over_the_limit_get_503() -> None:
     async with serve(apps.hello, limits=Limits(max_connections=2)) as srv:
         held = [await open_conn(srv.port) for _ in range(2)]

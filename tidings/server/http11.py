@@ -71,6 +71,9 @@ _SPECIAL: Final = {
     b"x-forwarded-proto": _XFP,
 }
 
+# Minimum average request body rate in bytes/s once --body-timeout has passed
+# (Apache's mod_reqtimeout uses 500; we allow a little more slack for nothing).
+_MIN_BODY_RATE: Final = 500
 # Unread request body above which reading pauses until the app calls receive().
 _BODY_HIGH_WATER: Final = 256 * 1024
 # Reasons reading is paused, as bits: resume only when all are gone.
@@ -396,6 +399,8 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive=parser.should_keep_alive() and not self._closing,
             expect_continue=self._expect_continue and version == "1.1",
         )
+        cycle.last_body = now = time.monotonic()
+        cycle.body_deadline = now + self.timeouts.body
         self._parsing = cycle
         if self._active is None and not self._queue:
             self._start(cycle)
@@ -412,10 +417,13 @@ class HttpProtocol(asyncio.Protocol):
         if cycle.body_size > self.limits.max_body_size:
             raise _RequestError(413, "request body larger than --max-body-size")
         if cycle.discard_body:
+            cycle.last_body = time.monotonic()
+            cycle.body_deadline += len(body) / _MIN_BODY_RATE
             return
         cycle.body.append(body)
         cycle.buffered += len(body)
         cycle.last_body = time.monotonic()
+        cycle.body_deadline += len(body) / _MIN_BODY_RATE
         waiter = cycle.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -551,6 +559,11 @@ class HttpProtocol(asyncio.Protocol):
         self._paused &= ~reason
         if not self._paused and not self.transport.is_closing():
             self.transport.resume_reading()
+            cycle = self._parsing
+            if cycle is not None:
+                # Time spent paused by us doesn't count against the client.
+                cycle.last_body = now = time.monotonic()
+                cycle.body_deadline = max(cycle.body_deadline, now + self.timeouts.body)
 
     async def drain(self) -> None:
         """Wait until the transport is below its high-water mark."""
@@ -582,19 +595,23 @@ class HttpProtocol(asyncio.Protocol):
                 self._closing = True
                 self.transport.close()
             return
-        cycle = self._active
-        if (
-            cycle is not None
-            and cycle.waiter is not None
-            and not cycle.body_complete
-            and now - cycle.last_body > t.body
-        ):
-            error_log.info(
-                "%s - request body stalled for %.0f s (--body-timeout)",
-                _fmt_client(self.client),
-                t.body,
-            )
-            self._timeout()
+        cycle = self._parsing
+        if cycle is not None and not self._paused:
+            # A body is arriving (for the app, or being skipped after its
+            # response). It must not stall for --body-timeout, and must keep
+            # up a minimum average rate: the deadline starts at --body-timeout
+            # and each chunk extends it by len / _MIN_BODY_RATE seconds, like
+            # Apache's mod_reqtimeout. A slow-body (R-U-Dead-Yet) client can't
+            # hold a connection for long; a real upload is never cut.
+            stalled = now - cycle.last_body > t.body
+            if stalled or now > cycle.body_deadline:
+                error_log.info(
+                    "%s - request body %s (--body-timeout %.0f s)",
+                    _fmt_client(self.client),
+                    "stalled" if stalled else "too slow",
+                    t.body,
+                )
+                self._timeout()
 
     def _timeout(self) -> None:
         self._failed = True
@@ -635,6 +652,7 @@ class RequestCycle:
         "head_written",
         "is_head",
         "keep_alive",
+        "body_deadline",
         "last_body",
         "no_body",
         "protocol",
@@ -673,6 +691,7 @@ class RequestCycle:
         self.body_delivered = False
         self.discard_body = False
         self.last_body = 0.0
+        self.body_deadline = 0.0
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
         self.response_started = False
