@@ -642,6 +642,7 @@ class RequestCycle:
     __slots__ = (
         "body",
         "body_complete",
+        "body_deadline",
         "body_delivered",
         "body_size",
         "buffered",
@@ -652,7 +653,6 @@ class RequestCycle:
         "head_written",
         "is_head",
         "keep_alive",
-        "body_deadline",
         "last_body",
         "no_body",
         "protocol",
