@@ -379,3 +379,18 @@ def test_reload_restarts_on_code_change(tmp_path: Path) -> None:
         assert "reloading" in proc.output
     finally:
         assert proc.stop() == 0
+
+
+def test_backlog_reaches_listen(tmp_path: Path) -> None:
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.fail("the backlog test reads the listen queue with ss (apt-get install iproute2)")
+    port = free_port()
+    with tidings(
+        ["serve", "tests.server.apps:hello", "--port", str(port), "--backlog", "37"], tmp_path
+    ):
+        out = subprocess.run(
+            [ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout
+    # For a listening socket, ss shows the backlog as Send-Q.
+    assert out.split()[2] == "37", out
