@@ -139,15 +139,18 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError(f"unhandled error in the loop: {_errors[0]}")
 
 
+SEEDS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /x?y HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+]
+
+
 def _selftest(count: int) -> None:
     rng = random.Random(int(os.environ.get("FUZZ_SEED", "1")))
-    seeds = [
-        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"POST /x?y HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\n\r\n",
-        b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    ]
+    seeds = SEEDS
     for _ in range(count):
         base = bytearray(b"".join(rng.choice(seeds) for _ in range(rng.randint(1, 3))))
         for _ in range(rng.randint(0, 6)):
@@ -172,6 +175,12 @@ if __name__ == "__main__":
     else:
         import atheris
 
+        # The parser is C (llhttp), which atheris can't see into: start from
+        # valid requests so mutations explore past the request line.
+        corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
+        if corpus is not None and corpus.is_dir() and not any(corpus.iterdir()):
+            for i, seed in enumerate(SEEDS):
+                (corpus / f"seed-{i}").write_bytes(b"\0" + seed)
         atheris.instrument_all()
         atheris.Setup(sys.argv, test_one_input)
         atheris.Fuzz()
