@@ -1,0 +1,3 @@
+"""Django management commands of Tidings."""
+
+__all__: list[str] = []

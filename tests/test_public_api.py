@@ -1,0 +1,130 @@
+"""The public surface: Channels 4 names at Channels' paths, __all__ everywhere, layering."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import tidings
+
+PACKAGE = Path(tidings.__file__).resolve().parent
+
+# Channels 4's documented public names, at the same paths under ``tidings.``.
+CHANNELS_NAMES = {
+    "tidings.routing": [
+        "ProtocolTypeRouter",
+        "URLRouter",
+        "ChannelNameRouter",
+        "get_default_application",
+    ],
+    "tidings.consumer": ["AsyncConsumer", "SyncConsumer"],
+    "tidings.generic.websocket": [
+        "WebsocketConsumer",
+        "AsyncWebsocketConsumer",
+        "JsonWebsocketConsumer",
+        "AsyncJsonWebsocketConsumer",
+    ],
+    "tidings.generic.http": ["AsyncHttpConsumer"],
+    "tidings.layers": [
+        "get_channel_layer",
+        "channel_layers",
+        "BaseChannelLayer",
+        "InMemoryChannelLayer",
+    ],
+    "tidings.auth": ["AuthMiddleware", "AuthMiddlewareStack", "login", "logout", "get_user"],
+    "tidings.sessions": ["CookieMiddleware", "SessionMiddleware", "SessionMiddlewareStack"],
+    "tidings.middleware": ["BaseMiddleware"],
+    "tidings.security.websocket": ["OriginValidator", "AllowedHostsOriginValidator"],
+    "tidings.db": ["database_sync_to_async", "aclose_old_connections"],
+    "tidings.exceptions": [
+        "StopConsumer",
+        "DenyConnection",
+        "AcceptConnection",
+        "ChannelFull",
+        "MessageTooLarge",
+        "InvalidChannelLayerError",
+        "RequestAborted",
+        "RequestTimeout",
+    ],
+    "tidings.testing": ["ApplicationCommunicator", "WebsocketCommunicator", "HttpCommunicator"],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(CHANNELS_NAMES))
+def test_channels_names_exist(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in CHANNELS_NAMES[module_name]:
+        assert hasattr(module, name), f"{module_name}.{name} is missing"
+        assert name in module.__all__, f"{module_name}.__all__ lacks {name}"
+
+
+def _modules() -> list[str]:
+    names = []
+    for info in pkgutil.walk_packages([str(PACKAGE)], prefix="tidings."):
+        names.append(info.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("module_name", _modules())
+def test_every_module_declares_all(module_name: str) -> None:
+    path = PACKAGE.joinpath(*module_name.split(".")[1:])
+    source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(source.read_text())
+    declared = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        and any(
+            isinstance(t, ast.Name) and t.id == "__all__"
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        )
+    ]
+    assert declared, f"{module_name} has no __all__"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _files(sub: str) -> list[Path]:
+    return sorted((PACKAGE / sub).rglob("*.py"))
+
+
+def test_wire_is_sans_io_and_stdlib_only() -> None:
+    stdlib = sys.stdlib_module_names
+    for path in _files("wire"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            assert top not in {"asyncio", "socket", "selectors", "ssl"}, (path, name)
+            assert top in stdlib or name.startswith("tidings.wire") or top == "__future__", (
+                path,
+                name,
+            )
+
+
+def test_server_never_imports_django_or_layers() -> None:
+    allowed_tidings = ("tidings.server", "tidings.wire", "tidings._types", "tidings")
+    for path in _files("server"):
+        for name in _imports(path):
+            assert not name.startswith("django"), (path, name)
+            if name.startswith("tidings"):
+                assert name == "tidings" or name.startswith(allowed_tidings), (path, name)
+                assert not name.startswith("tidings.layers"), (path, name)
+
+
+def test_layers_never_import_the_server_or_consumers() -> None:
+    forbidden = ("tidings.server", "tidings.consumer", "tidings.generic", "tidings.routing")
+    for path in _files("layers"):
+        for name in _imports(path):
+            assert not name.startswith(forbidden), (path, name)
