@@ -696,3 +696,20 @@ async def test_proxy_headers_from_untrusted_peer_are_ignored() -> None:
     scope = json.loads(raw.split(b"x-scope: ", 1)[1].split(b"\r\n")[0])
     assert scope["client"][0] == "127.0.0.1"
     assert scope["scheme"] == "http"
+
+
+async def test_streaming_app_learns_at_once_that_the_client_left() -> None:
+    got: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event\n", "more_body": True})
+        got.set_result((await receive())["type"])  # waits; no further writes
+
+    async with serve(app) as srv:
+        reader, writer = await open_conn(srv.port)
+        writer.write(GET)
+        await reader.readuntil(b"event\n")
+        writer.close()
+        assert await asyncio.wait_for(got, 5) == "http.disconnect"

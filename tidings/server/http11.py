@@ -238,15 +238,12 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(_RequestError(431, "request header block too large"))
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after a complete request (``nc``-style)
-        # still gets its responses. One that stops mid-request has gone away:
-        # returning False closes the transport and the app sees a disconnect.
+        # The client closed its side. Browsers never half-close, and a server
+        # streaming to a client that left (SSE, long downloads) must find out
+        # now, not at its next write: treat EOF as the client going away.
+        # Returning False lets the transport close; connection_lost follows.
         self._eof = True
-        if self._parsing is not None or self._in_headers:
-            return False
-        if self._active is None and not self._queue:
-            self._close()
-        return True
+        return False
 
     # -- httptools callbacks ------------------------------------------------------------
 
