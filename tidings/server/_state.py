@@ -60,6 +60,7 @@ class ServerState:
         self.closing = False
         self.access_log = config.access_log
         self.date_header = b""
+        self.busy_logged_at = -1.0  # last "--max-connections reached" log line
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
         self.websocket_upgrade: Callable[[Any, dict[str, Any], bytes], None] | None = None
         self.refresh()

@@ -168,10 +168,13 @@ class HttpProtocol(asyncio.Protocol):
         if len(state.connections) > self.limits.max_connections or state.closing:
             # Over the limit: answer 503 and close rather than hold the socket
             # unanswered (the client sees why; a load balancer can retry).
-            error_log.warning(
-                "connection refused: %d open connections is the limit (--max-connections)",
-                self.limits.max_connections,
-            )
+            now = time.monotonic()
+            if now - state.busy_logged_at >= 1.0:  # one line a second under a flood
+                state.busy_logged_at = now
+                error_log.warning(
+                    "connection refused: %d open connections is the limit (--max-connections)",
+                    self.limits.max_connections,
+                )
             self._closing = True
             transport.write(simple_response(503, "Server busy, try again later"))
             transport.close()
