@@ -10,11 +10,11 @@ DEBUG = False
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1", "example.com", ".example.org"]
 USE_TZ = True
 INSTALLED_APPS = [
+    "tidings",  # before staticfiles, so that its runserver is the one Django picks
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.staticfiles",
-    "tidings",
 ]
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.django_urls"

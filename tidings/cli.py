@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,11 @@ def _make_parser() -> argparse.ArgumentParser:
     w.add_argument("--layer", default="default", help="channel layer alias from CHANNEL_LAYERS")
     w.add_argument("--app-dir", default=".", help="directory added to sys.path to import APP")
     w.add_argument(
+        "--settings",
+        default=None,
+        help="Django settings module (default: the DJANGO_SETTINGS_MODULE environment variable)",
+    )
+    w.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     return parser
@@ -42,18 +48,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_app_dir(ns.app_dir)
     if ns.command == "serve":
         return serve_main(ns, parser)
+    return _worker_main(ns, parser)
+
+
+def _fail(message: str) -> int:
+    print(f"tidings: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``tidings worker``: Django settings, the app, the layer, then the worker.
+
+    The channel layer comes from Django's ``CHANNEL_LAYERS`` setting, so Django
+    is set up first when ``--settings`` or ``DJANGO_SETTINGS_MODULE`` names a
+    module (an application module may also configure settings itself).
+    Configuration mistakes end with one ``tidings: error:`` line and status 2.
+    """
     logging.basicConfig(
         level=ns.log_level.upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    if ns.settings:
+        os.environ["DJANGO_SETTINGS_MODULE"] = ns.settings
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if settings_module:
+        import django
+        from django.core.exceptions import ImproperlyConfigured
+
+        try:
+            django.setup()
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (settings_module + ".").startswith(exc.name + "."):
+                raise  # an import inside the settings module: its traceback helps
+            return _fail(f"cannot import the Django settings module {settings_module!r}")
+        except ImproperlyConfigured as exc:
+            return _fail(f"Django settings {settings_module!r}: {exc}")
+
+    from django.conf import settings
+
+    from tidings.exceptions import InvalidChannelLayerError
+    from tidings.layers import get_channel_layer
     from tidings.server.main import AppImportError, import_app
-    from tidings.worker import run_worker
+    from tidings.worker import Worker
 
     try:
         application = import_app(ns.app)
     except AppImportError as exc:
         parser.error(str(exc))
-    run_worker(application, ns.channels, layer_alias=ns.layer)
+    if not settings.configured:
+        return _fail(
+            "the worker reads its channel layer from Django's CHANNEL_LAYERS setting, "
+            "but Django settings are not configured: pass --settings or set "
+            "DJANGO_SETTINGS_MODULE to your settings module"
+        )
+    try:
+        layer = get_channel_layer(ns.layer)
+    except InvalidChannelLayerError as exc:
+        return _fail(f"channel layer {ns.layer!r}: {exc}")
+    if layer is None:
+        return _fail("no channel layer is configured (CHANNEL_LAYERS is empty)")
+    try:
+        worker = Worker(application, ns.channels, layer)
+    except (TypeError, ValueError) as exc:
+        return _fail(str(exc))
+    logger = logging.getLogger("tidings.worker")
+    worker.run(
+        on_started=lambda: logger.info(
+            "Running worker for channels %s on channel layer %r",
+            ", ".join(worker.channels),
+            ns.layer,
+        )
+    )
     return 0
 
 

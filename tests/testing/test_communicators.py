@@ -21,7 +21,9 @@ Scope = dict[str, Any]
 def test_public_names_and_submodule_paths() -> None:
     assert sorted(tidings.testing.__all__) == [
         "ApplicationCommunicator",
+        "ChannelsLiveServerTestCase",
         "HttpCommunicator",
+        "TidingsLiveServerTestCase",
         "WebsocketCommunicator",
     ]
     # Channels' submodule paths work too.

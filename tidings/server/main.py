@@ -30,6 +30,7 @@ from tidings.server.config import Config, ConfigError
 from tidings.server.http11 import HttpProtocol
 from tidings.server.lifespan import Lifespan, LifespanError
 from tidings.server.proxy import ProxyTrust
+from tidings.server.websocket import install as install_websocket
 
 __all__ = [
     "EXIT_STARTUP_FAILED",
@@ -158,6 +159,7 @@ class Server:
         config = self.config
         proxy = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
         state = self.state = ServerState(config, self.app, loop, proxy=proxy)
+        install_websocket(state)
         self._stop = asyncio.Event()
 
         lifespan = Lifespan(self.app, config.lifespan, state.lifespan_state)
@@ -255,8 +257,14 @@ def serve_in_process(
     sockets: list[socket.socket],
     *,
     on_server: Callable[[Server], None] | None = None,
+    install_signal_handlers: bool = True,
 ) -> int:
-    """Import the app and serve it on ``sockets`` in this process until stopped."""
+    """Import the app and serve it on ``sockets`` in this process until stopped.
+
+    With ``install_signal_handlers=False`` (required off the main thread, where
+    Python cannot install them) SIGINT and SIGTERM keep their current handling;
+    stop the server with ``server.request_stop()`` through ``on_server``.
+    """
     try:
         app = import_app(config.app, factory=config.factory)
     except AppImportError as exc:
@@ -275,12 +283,13 @@ def serve_in_process(
         logger.info("received %s: shutting down", signal.Signals(signum).name)
         server.request_stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         return loop.run_until_complete(server.serve(sockets))
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
         _cancel_all(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())

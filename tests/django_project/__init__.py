@@ -1,0 +1,1 @@
+"""A small Django project served by ``manage.py runserver`` and the live test server."""

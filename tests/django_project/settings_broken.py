@@ -1,0 +1,8 @@
+"""The test project with a wrong ``ASGI_APPLICATION`` and a wrong channel layer."""
+
+from __future__ import annotations
+
+from tests.django_project.settings import *  # noqa: F403
+
+ASGI_APPLICATION = "tests.django_project.no_such_module.application"
+CHANNEL_LAYERS = {"default": {"BACKEND": "tidings.layers.NoSuchLayer"}}

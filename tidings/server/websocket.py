@@ -1,0 +1,840 @@
+"""WebSocket over asyncio: one ``WebSocketProtocol`` per upgraded TCP connection.
+
+Theory of operation
+-------------------
+``install(state)`` sets ``ServerState.websocket_upgrade``. When ``HttpProtocol`` sees a
+request with ``Upgrade: websocket`` it hands us the transport, the HTTP scope and the
+bytes that followed the request; ``WebSocketProtocol`` replaces it as the transport's
+protocol and runs the ASGI app (WebSocket spec version 2.4) as one task.
+
+Phases (``_phase``)::
+
+    HANDSHAKE --websocket.accept--> OPEN --close handshake / EOF / abort--> DONE
+    HANDSHAKE --websocket.close, denial response, app error, timeout--> DONE
+
+* HANDSHAKE: the request was checked with ``wire.parse_request`` (a bad one got 400,
+  405 or 426 and never reached the app). The app's first ``receive()`` is
+  ``websocket.connect``; it answers ``websocket.accept`` (101, permessage-deflate
+  negotiated when enabled), ``websocket.close`` (403, empty body) or the
+  ``websocket.http.response`` denial extension (its own HTTP response). Returning before
+  that gets 403, raising gets 500, and not answering within ``handshake_timeout`` gets
+  503 (the server gives up on a slow app: "try again later"). Frames that arrive early
+  are held (reading pauses past 64 KiB) and fed to the core on accept.
+* OPEN: bytes go to ``wire.WebSocketConnection``; its events become ASGI messages in a
+  deque that ``receive()`` pops, with one future for a ``receive()`` that waits. Pongs
+  and close echoes the core queues are written once per ``data_received``. Reading
+  pauses while ``max_queue`` messages wait for the app.
+* DONE: ``receive()`` returns ``websocket.disconnect`` (the client's close code and
+  reason; the code we failed the connection with; 1006 when the TCP connection ended
+  without a closing handshake or the handshake never completed) after every message
+  received before it. ``send()`` raises ``ClientDisconnected`` (an ``OSError``), except
+  that a repeated ``websocket.close`` after the app's own is a no-op.
+
+Flow control: the transport's high-water mark is the smaller of ``--write-high-water``
+and ``--ws-max-send-buffer``. ``send()`` waits while the transport is above it
+(``pause_writing``/``resume_writing``). Anything queued beyond ``max_send_buffer`` (many
+concurrent senders, a ping flood from a client that does not read) means the client has
+stopped reading: the connection is closed with 1008 and the transport aborted.
+
+Timers: none per connection. The server's once-a-second sweep calls ``check_timeouts``,
+which sends keepalive pings after ``ping_interval`` without traffic, closes with 1011
+when nothing (a pong or any data) arrived within ``ping_timeout`` of a ping, enforces the
+handshake timeout and aborts a connection whose closing handshake or final flush took
+longer than ``CLOSE_TIMEOUT``. Activity is a flag set in ``data_received``, so the hot
+path never reads the clock.
+
+Server-side extension (not ASGI): ``{"type": "tidings.websocket.send_frames", "frames":
+bytes}`` writes bytes that are already complete server frames (from
+``tidings.wire.encode_message``) as they are, so a broadcast encodes once. The scope
+advertises it under ``extensions``.
+
+What must not go here: framing or handshake rules (``tidings.wire``), HTTP parsing
+(``http11``), anything that knows about Django or channel layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+from tidings._types import ASGIApp, Message
+from tidings.server._state import ServerState, access_log, error_log
+from tidings.server.http11 import ClientDisconnected, simple_response
+from tidings.wire import (
+    BytesMessage,
+    CloseReceived,
+    ConnectionClosedError,
+    ConnectionFailed,
+    ConnectionLost,
+    ConnectionState,
+    DeflateConfig,
+    HandshakeError,
+    HandshakeRequest,
+    PongReceived,
+    TextMessage,
+    WebSocketConnection,
+    build_accept_response,
+    build_error_response,
+    encode_message,
+    negotiate_deflate,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from tidings.server.http11 import HttpProtocol
+
+__all__ = ["CLOSE_TIMEOUT", "WebSocketProtocol", "install"]
+
+#: Seconds we wait for the client's close frame after sending ours, and for the last
+#: bytes to flush before the TCP connection is cut (websockets uses 10 s; browsers
+#: answer within milliseconds).
+CLOSE_TIMEOUT: Final = 10.0
+#: Bytes a client may send before the app accepts; reading pauses beyond it.
+_HANDSHAKE_BUFFER: Final = 64 * 1024
+
+_ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
+_SEND_FRAMES: Final = "tidings.websocket.send_frames"
+_EXTENSIONS: Final[dict[str, dict[object, object]]] = {
+    "websocket.http.response": {},
+    _SEND_FRAMES: {},
+}
+
+_HANDSHAKE, _OPEN, _DONE = 0, 1, 2
+_PING_PAYLOAD: Final = b"tidings"
+_CONN_OPEN: Final = ConnectionState.OPEN
+
+
+def install(state: ServerState) -> None:
+    """Enable WebSocket on this server: set the HTTP protocol's upgrade hook."""
+    deflate = DeflateConfig(enabled=state.config.websocket.per_message_deflate)
+
+    def upgrade(http: HttpProtocol, scope: dict[str, Any], trailing: bytes) -> None:
+        protocol = WebSocketProtocol(state, http.transport, scope, deflate=deflate)
+        http.transport.set_protocol(protocol)
+        protocol.start(scope["method"], trailing)
+
+    state.websocket_upgrade = upgrade
+
+
+def _fmt_client(client: tuple[str, int] | None) -> str:
+    return "-" if client is None else f"{client[0]}:{client[1]}"
+
+
+def _disconnect(code: int, reason: str = "") -> Message:
+    return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+
+class _Denial:
+    """A denial response (``websocket.http.response.*``) in progress."""
+
+    __slots__ = ("chunked", "head_sent", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = headers
+        self.head_sent = False
+        self.chunked = False
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection after the HTTP upgrade request: the ASGI glue.
+
+    Built by the upgrade hook that ``install`` sets; ``start`` then checks the handshake
+    and runs the app.
+
+    Args:
+        state: the server's shared state (config, app, connection registry).
+        transport: the connection's transport, taken over from ``HttpProtocol``.
+        scope: the HTTP scope ``HttpProtocol`` built for the upgrade request.
+        deflate: permessage-deflate settings (``enabled=False`` never negotiates it).
+    """
+
+    __slots__ = (
+        "_app_closed",
+        "_client",
+        "_conn",
+        "_deadline",
+        "_deflate",
+        "_denial",
+        "_disconnect",
+        "_drain_waiters",
+        "_early",
+        "_early_size",
+        "_held",
+        "_held_since",
+        "_lost",
+        "_max_queue",
+        "_max_send_buffer",
+        "_phase",
+        "_ping_sent",
+        "_queue",
+        "_read_paused",
+        "_request",
+        "_seen",
+        "_settings",
+        "_since",
+        "_waiter",
+        "_write_paused",
+        "loop",
+        "scope",
+        "state",
+        "task",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        state: ServerState,
+        transport: asyncio.Transport,
+        scope: dict[str, Any],
+        *,
+        deflate: DeflateConfig,
+    ) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport = transport
+        self._settings = settings = state.config.websocket
+        self._deflate = deflate
+        self._max_queue = settings.max_queue
+        self._max_send_buffer = settings.max_send_buffer
+        self._client: tuple[str, int] | None = scope["client"]
+        self.scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": _ASGI,
+            "http_version": scope["http_version"],
+            "scheme": "wss" if scope["scheme"] == "https" else "ws",
+            "path": scope["path"],
+            "raw_path": scope["raw_path"],
+            "query_string": scope["query_string"],
+            "root_path": scope["root_path"],
+            "headers": scope["headers"],
+            "client": scope["client"],
+            "server": scope["server"],
+            "subprotocols": [],
+            "state": scope["state"],
+            "extensions": _EXTENSIONS,
+        }
+        self._phase = _HANDSHAKE
+        self._request: HandshakeRequest | None = None
+        self._conn: WebSocketConnection | None = None
+        # Messages for receive(), oldest first, and the future of a receive() that waits
+        # (only while the deque is empty).
+        self._queue: deque[Message] = deque()
+        self._waiter: asyncio.Future[Message] | None = None
+        self._disconnect: Message | None = None  # set once: the connection is over (DONE)
+        self._app_closed = False
+        self._denial: _Denial | None = None
+        self._early: list[bytes] = []  # bytes received before websocket.accept
+        self._early_size = 0
+        # A protocol error that came after messages the app has not answered yet: our
+        # close frame and the disconnect, held until the app has read those messages.
+        self._held: tuple[bytes, Message] | None = None
+        self._held_since = 0.0
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # Handshake start, then the last sweep that saw client activity.
+        self._since = time.monotonic()
+        self._seen = False  # data arrived since the last sweep
+        self._ping_sent = 0.0  # when the unanswered keepalive ping went out; 0: none
+        self._deadline = 0.0  # abort the transport after this; 0: no deadline
+        self.task: asyncio.Task[None] | None = None
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self, method: str, trailing: bytes) -> None:
+        """Check the handshake (RFC 6455 §4.2.1) and start the app, or answer an HTTP error.
+
+        Args:
+            method: the request method (anything but GET gets 405).
+            trailing: bytes the client sent after the request; fed in after accept.
+        """
+        state = self.state
+        scope = self.scope
+        state.connections.add(self)
+        self.transport.set_write_buffer_limits(
+            high=min(state.config.limits.write_high_water, self._max_send_buffer)
+        )
+        try:
+            request = parse_request(
+                method=method, http_version=scope["http_version"], headers=scope["headers"]
+            )
+        except HandshakeError as exc:
+            # The client's mistake: one line, no traceback, and the app never runs.
+            error_log.info(
+                "%s - WebSocket handshake refused: %d %s",
+                _fmt_client(self._client),
+                exc.status,
+                exc.reason,
+            )
+            self._respond(build_error_response(exc), exc.status)
+            return
+        if state.closing:
+            self._respond(simple_response(503, "Server shutting down"), 503)
+            return
+        self._request = request
+        scope["subprotocols"] = list(request.subprotocols)
+        self._queue.append({"type": "websocket.connect"})
+        if trailing:
+            self.data_received(trailing)
+        task = self.task = self.loop.create_task(self._run(state.app))
+        state.tasks.add(task)
+
+    # -- the app --------------------------------------------------------------------------
+
+    async def _run(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # Cancelled from outside (shutdown past its grace period): don't leave the
+            # client attached to nothing.
+            if self._phase == _HANDSHAKE:
+                self._respond(simple_response(503, "Server shutting down"), 503)
+            elif self._phase == _OPEN:
+                self._close(1001, "")
+            raise
+        except Exception as exc:
+            if self._disconnect is not None or isinstance(exc, ClientDisconnected):
+                error_log.debug("ASGI application stopped after the client left: %r", exc)
+                self._close_transport()
+            elif self._phase == _HANDSHAKE:
+                error_log.error("Exception in ASGI application before accept", exc_info=exc)
+                self._respond(simple_response(500, "Internal Server Error"), 500)
+            else:
+                error_log.error("Exception in ASGI application", exc_info=exc)
+                self._close(1011, "internal error")
+        else:
+            if self._phase == _HANDSHAKE:
+                if self._denial is None:
+                    # Returning without an answer is a refusal, like websocket.close.
+                    self._deny()
+                else:
+                    error_log.error("ASGI application returned without completing the response")
+                    self._respond(simple_response(500, "Internal Server Error"), 500)
+            elif self._phase == _OPEN:
+                self._close(1000, "")
+        finally:
+            task = self.task
+            if task is not None:
+                self.state.forget_task(task)
+
+    async def receive(self) -> Message:
+        """The ASGI ``receive``: ``websocket.connect``, messages, then ``websocket.disconnect``."""
+        queue = self._queue
+        if queue:
+            message = queue.popleft()
+            if self._read_paused and len(queue) < self._max_queue and self._conn is not None:
+                self._resume_reading()
+            return message
+        if self._disconnect is not None:
+            return self._disconnect
+        if self._held is not None:
+            # Everything before the protocol error has been read: fail now.
+            return self._release_held()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            raise RuntimeError("receive() called while another receive() is waiting")
+        waiter = self._waiter = self.loop.create_future()
+        return await waiter
+
+    async def send(self, message: Message) -> None:
+        """The ASGI ``send``.
+
+        Raises:
+            ClientDisconnected: the connection is closed or closing (an ``OSError``).
+            RuntimeError: the message is not valid at this point.
+        """
+        mtype = message["type"]
+        conn = self._conn
+        if mtype == "websocket.send" and conn is not None and self._phase == _OPEN:
+            text = message.get("text")
+            try:
+                if text is not None:
+                    conn.send_text(text)
+                else:
+                    data = message.get("bytes")
+                    if data is None:
+                        raise RuntimeError("websocket.send needs 'text' or 'bytes'")
+                    conn.send_bytes(data)
+            except ConnectionClosedError:
+                if self._held is None:
+                    raise ClientDisconnected("WebSocket connection is closed") from None
+                # Answering a message that preceded the protocol error: the core is
+                # closed, so frame it here (uncompressed is valid with deflate too).
+                self.transport.write(encode_message(text if text is not None else message["bytes"]))
+                return
+            if self._write_paused and self._over_limit():
+                raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
+            self.transport.write(conn.data_to_send())
+            if self._write_paused:
+                await self._drain()
+            return
+        if mtype == "websocket.close":
+            if self._app_closed:
+                return  # closing twice is harmless
+            if self._phase == _HANDSHAKE:
+                if self._denial is not None:
+                    raise RuntimeError("websocket.close after websocket.http.response.start")
+                self._app_closed = True
+                self._deny()
+                return
+            if self._phase != _OPEN or conn is None:
+                raise ClientDisconnected("WebSocket connection is closed")
+            if self._held is not None:
+                self._app_closed = True
+                self._release_held()
+                return
+            code = message.get("code")
+            reason = message.get("reason")
+            try:
+                conn.close(1000 if code is None else code, reason or "")
+            except ValueError as exc:
+                raise RuntimeError(f"invalid websocket.close: {exc}") from None
+            self._app_closed = True
+            self._flush()
+            self._set_deadline()
+            return
+        phase = self._phase
+        if phase == _DONE:
+            raise ClientDisconnected("WebSocket connection is closed")
+        if phase == _OPEN:
+            if mtype == _SEND_FRAMES and conn is not None:
+                try:
+                    conn.send_encoded(bytes(message["frames"]))
+                except ConnectionClosedError:
+                    raise ClientDisconnected("WebSocket connection is closed") from None
+                await self._write_and_wait(conn.data_to_send())
+                return
+            raise RuntimeError(f"unexpected ASGI message {mtype!r} on an accepted WebSocket")
+        if mtype == "websocket.accept" and self._denial is None:
+            self._accept(message)
+        elif mtype == "websocket.http.response.start" and self._denial is None:
+            self._denial_start(message)
+        elif mtype == "websocket.http.response.body" and self._denial is not None:
+            self._denial_body(message)
+            if self._write_paused and not self._lost:
+                await self._write_and_wait(b"")
+        else:
+            raise RuntimeError(f"unexpected ASGI message {mtype!r} during the WebSocket handshake")
+
+    # -- handshake answers ----------------------------------------------------------------
+
+    def _accept(self, message: Message) -> None:
+        """websocket.accept: write the 101 (RFC 6455 §4.2.2) and go OPEN."""
+        request = self._request
+        assert request is not None
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
+        negotiated = negotiate_deflate(request.extensions, self._deflate)
+        try:
+            response = build_accept_response(
+                request,
+                subprotocol=message.get("subprotocol"),
+                extensions_header=None if negotiated is None else negotiated[0],
+                extra_headers=headers,
+            )
+        except ValueError as exc:
+            raise RuntimeError(f"invalid websocket.accept: {exc}") from None
+        settings = self._settings
+        self._conn = WebSocketConnection(
+            max_message_size=settings.max_message_size,
+            max_frame_size=settings.max_frame_size,
+            deflate=None if negotiated is None else negotiated[1],
+        )
+        self._phase = _OPEN
+        self._since = time.monotonic()
+        self._access(101)
+        self.transport.write(response)
+        early = self._early
+        if early:
+            self._early = []
+            self._early_size = 0
+            if self._read_paused and len(self._queue) < self._max_queue:
+                self._resume_reading()
+            self.data_received(b"".join(early))
+
+    def _deny(self) -> None:
+        """websocket.close before accept: 403 with an empty body (ASGI spec)."""
+        head = b"HTTP/1.1 403 Forbidden\r\n" + self.state.date_header
+        self._respond(head + b"content-length: 0\r\nconnection: close\r\n\r\n", 403)
+
+    def _denial_start(self, message: Message) -> None:
+        status = message.get("status")
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            raise RuntimeError(f"invalid status {status!r} in websocket.http.response.start")
+        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
+        for name, value in headers:
+            field = name + value
+            if b"\r" in field or b"\n" in field or b"\0" in field:
+                raise RuntimeError("response header name or value contains CR, LF or NUL")
+        self._denial = _Denial(status, headers)
+
+    def _denial_body(self, message: Message) -> None:
+        denial = self._denial
+        assert denial is not None
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        out: list[bytes] = []
+        if not denial.head_sent:
+            lines = [_status_line(denial.status), self.state.date_header]
+            has_length = False
+            for name, value in denial.headers:
+                lname = name.lower()
+                if lname in (b"connection", b"transfer-encoding"):
+                    continue  # the framing is ours: one response, then close
+                has_length = has_length or lname == b"content-length"
+                lines.append(name + b": " + value + b"\r\n")
+            if not has_length:
+                if more:
+                    denial.chunked = True
+                    lines.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    lines.append(b"content-length: %d\r\n" % len(body))
+            lines.append(b"connection: close\r\n\r\n")
+            out.append(b"".join(lines))
+            denial.head_sent = True
+        if denial.chunked:
+            if body:
+                out.append(b"%x\r\n%s\r\n" % (len(body), body))
+            if not more:
+                out.append(b"0\r\n\r\n")
+        else:
+            out.append(body)
+        if not more:
+            self._respond(b"".join(out), denial.status)
+        else:
+            self.transport.write(b"".join(out))
+
+    def _respond(self, response: bytes, status: int) -> None:
+        """End the handshake with a plain HTTP response and close the connection (DONE).
+
+        A denial response whose head is already out is cut short instead: a second
+        status line would corrupt it.
+        """
+        self._finish(_disconnect(1006))
+        if self._denial is not None and self._denial.head_sent and status != self._denial.status:
+            self.transport.abort()
+            return
+        self._access(status)
+        if not self.transport.is_closing():
+            self.transport.write(response)
+        self._close_transport()
+
+    def _access(self, status: int) -> None:
+        if self.state.access_log:
+            scope = self.scope
+            qs = scope["query_string"]
+            access_log.info(
+                '%s - "WebSocket %s%s" %d',
+                _fmt_client(self._client),
+                scope["path"],
+                ("?" + qs.decode("latin-1")) if qs else "",
+                status,
+            )
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            if self._phase == _HANDSHAKE:
+                self._early.append(data)
+                self._early_size += len(data)
+                if self._early_size > _HANDSHAKE_BUFFER:
+                    self._pause_reading()
+            return
+        self._seen = True
+        conn.receive_data(data)
+        events = conn.events()
+        delivered = 0
+        if len(events) == 1:
+            # The common case, one message per chunk: no loop, nothing to flush.
+            event = events[0]
+            if type(event) is TextMessage:
+                self._deliver({"type": "websocket.receive", "text": event.data})
+                return
+            if type(event) is BytesMessage:
+                self._deliver({"type": "websocket.receive", "bytes": event.data})
+                return
+        for event in events:
+            if type(event) is TextMessage:
+                self._deliver({"type": "websocket.receive", "text": event.data})
+                delivered += 1
+            elif type(event) is BytesMessage:
+                self._deliver({"type": "websocket.receive", "bytes": event.data})
+                delivered += 1
+            elif type(event) is PongReceived:
+                self._ping_sent = 0.0
+            elif type(event) is CloseReceived:
+                self._closed(event.code, event.reason)
+                return
+            elif type(event) is ConnectionFailed:
+                error_log.info(
+                    "%s - WebSocket protocol error: %s (close code %d)",
+                    _fmt_client(self._client),
+                    event.reason,
+                    event.code,
+                )
+                if delivered:
+                    # Let the app answer the messages that came before the error
+                    # (RFC 6455 §7.1.7 lets us fail after processing them); reading stops.
+                    self._held = (conn.data_to_send(), _disconnect(event.code))
+                    self._held_since = time.monotonic()
+                    self._pause_reading()
+                    return
+                self._closed(event.code, "")
+                return
+            elif type(event) is ConnectionLost:
+                self._closed(event.code, "")
+                return
+            # PingReceived: the core has queued the pong (RFC 6455 §5.5.2).
+        self._flush()
+
+    def _closed(self, code: int, reason: str) -> None:
+        """The core is CLOSED: flush its last frame and close TCP (server first, §7.1.1)."""
+        self._flush()
+        self._finish(_disconnect(code, reason))
+        self._close_transport()
+
+    def _deliver(self, message: Message) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        queue = self._queue
+        queue.append(message)
+        if len(queue) >= self._max_queue and not self._read_paused:
+            self._pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._conn is not None:
+            self.data_received(b"")
+        else:
+            self._finish(_disconnect(1006))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._finish(held[1])
+        self._finish(_disconnect(1006))
+        self.state.forget_connection(self)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _finish(self, disconnect: Message) -> None:
+        """The connection is over for the app: record why, wake a waiting receive()."""
+        if self._disconnect is not None:
+            return
+        self._phase = _DONE
+        self._disconnect = disconnect
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(disconnect)
+
+    def _flush(self) -> None:
+        """Write what the core queued (pongs, close frames, pings)."""
+        conn = self._conn
+        assert conn is not None
+        out = conn.data_to_send()
+        if out and not self._lost:
+            if self._write_paused and self._over_limit():
+                return
+            self.transport.write(out)
+
+    def _over_limit(self) -> bool:
+        """Whether the client stopped reading: more than max_send_buffer already queued.
+
+        Checked *before* writing, so one message larger than the limit still goes to a
+        client that reads; what is queued never exceeds the limit by more than one write.
+        """
+        if self.transport.get_write_buffer_size() > self._max_send_buffer:
+            self._overflow()
+            return True
+        return False
+
+    async def _write_and_wait(self, data: bytes) -> None:
+        """Write ``data`` unless the client stopped reading, then wait for the transport
+        to drop below its high-water mark (``send()`` backpressure)."""
+        if self._lost:
+            raise ClientDisconnected("WebSocket connection lost")
+        if self._write_paused and self._over_limit():
+            raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
+        if data:
+            self.transport.write(data)
+        if self._write_paused:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait until the transport is below its high-water mark again (or gone)."""
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+        if self._lost:
+            raise ClientDisconnected("WebSocket connection lost")
+
+    def _overflow(self) -> None:
+        """The client stopped reading and too much is queued: close with 1008, abort."""
+        if self._lost:
+            return
+        error_log.warning(
+            "%s - WebSocket client not reading: %d bytes queued (--ws-max-send-buffer %d); "
+            "closing with 1008",
+            _fmt_client(self._client),
+            self.transport.get_write_buffer_size(),
+            self._max_send_buffer,
+        )
+        conn = self._conn
+        if conn is not None:
+            conn.close(1008, "send buffer full")
+            conn.data_to_send()  # it could never reach the client
+        self._finish(_disconnect(1008, "send buffer full"))
+        self._lost = True
+        self.transport.abort()
+
+    def _release_held(self) -> Message:
+        """Send the close frame of a held protocol error and end the connection."""
+        held = self._held
+        assert held is not None
+        self._held = None
+        if not self._lost:
+            self.transport.write(held[0])
+        self._finish(held[1])
+        self._close_transport()
+        return held[1]
+
+    def _close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (RFC 6455 §7.1.2) with a code we chose."""
+        if self._held is not None:
+            self._release_held()
+            return
+        conn = self._conn
+        if conn is None or self._lost:
+            self._close_transport()
+            return
+        conn.close(code, reason)
+        self._flush()
+        self._set_deadline()
+
+    def _set_deadline(self) -> None:
+        if not self._deadline:
+            self._deadline = time.monotonic() + CLOSE_TIMEOUT
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if not transport.is_closing():
+            transport.close()
+        self._set_deadline()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self.transport.is_closing():
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- lifecycle hooks used by the server ---------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        """Called once a second: handshake timeout, keepalive pings, close timeout."""
+        if self._deadline:
+            if now > self._deadline and not self._lost:
+                self._lost = True
+                self.transport.abort()
+            return
+        phase = self._phase
+        settings = self._settings
+        if phase == _HANDSHAKE:
+            if now - self._since > settings.handshake_timeout:
+                error_log.warning(
+                    "%s - WebSocket app did not accept or deny within %.0f s "
+                    "(--ws-handshake-timeout): 503",
+                    _fmt_client(self._client),
+                    settings.handshake_timeout,
+                )
+                self._respond(simple_response(503, "WebSocket handshake timed out"), 503)
+            return
+        conn = self._conn
+        if phase != _OPEN or conn is None:
+            return
+        if self._held is not None:
+            if now - self._held_since > 1.0:
+                self._release_held()  # the app is slow to answer: fail anyway
+            return
+        if self._seen:
+            # Anything from the client proves it is alive: no ping needed yet.
+            self._seen = False
+            self._since = now
+            self._ping_sent = 0.0
+            return
+        if self._ping_sent:
+            timeout = settings.ping_timeout
+            if self._read_paused:
+                self._ping_sent = now  # we are not reading: the pong may be waiting
+            elif timeout is not None and now - self._ping_sent > timeout:
+                error_log.info(
+                    "%s - WebSocket keepalive ping not answered within %.0f s; closing with 1011",
+                    _fmt_client(self._client),
+                    timeout,
+                )
+                # The peer looks dead: send the close frame and close TCP without
+                # waiting for an answer.
+                self._close(1011, "keepalive ping timeout")
+                self._finish(_disconnect(1011, "keepalive ping timeout"))
+                self._close_transport()
+            return
+        interval = settings.ping_interval
+        if interval is not None and now - self._since >= interval and conn.state is _CONN_OPEN:
+            conn.send_ping(_PING_PAYLOAD)
+            self._ping_sent = now
+            self._flush()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close open connections with 1001, refuse pending handshakes."""
+        if self._phase == _HANDSHAKE:
+            if self._denial is None or not self._denial.head_sent:
+                self._respond(simple_response(503, "Server shutting down"), 503)
+        elif self._phase == _OPEN:
+            self._close(1001, "server shutting down")
+        else:
+            self._close_transport()
+
+    def abort(self) -> None:
+        """Close the transport now (the graceful timeout is over)."""
+        self._finish(_disconnect(1006))
+        self._lost = True
+        self.transport.abort()
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
