@@ -45,6 +45,7 @@ class ApplicationCommunicator:
         self._future: asyncio.Task[None] | None = None
         self._input_queue: asyncio.Queue[Message] | None = None
         self._output_queue: asyncio.Queue[Message] | None = None
+        self._output_waiter: asyncio.Future[None] | None = None
 
     @property
     def input_queue(self) -> asyncio.Queue[Message]:
@@ -69,7 +70,16 @@ class ApplicationCommunicator:
         return self._future
 
     async def _run(self) -> None:
-        await self.application(self.scope, self.input_queue.get, self.output_queue.put)
+        await self.application(self.scope, self.input_queue.get, self._put_output)
+
+    async def _put_output(self, message: Message) -> None:
+        self.output_queue.put_nowait(message)
+        self._wake_output()
+
+    def _wake_output(self, _: object = None) -> None:
+        waiter = self._output_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _raise_if_failed(self) -> None:
         if self.future.done() and not self.future.cancelled():
@@ -136,18 +146,23 @@ class ApplicationCommunicator:
                 without sending anything more.
         """
         self._raise_if_failed()
-        getter = asyncio.ensure_future(self.output_queue.get())
-        try:
-            await asyncio.wait(
-                {getter, self.future}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            getter.cancel()  # asyncio.Queue.get is cancellation-safe
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        if not self.output_queue.empty():
-            # Sent just before the application ended, not yet picked up.
-            return self.output_queue.get_nowait()
+        queue = self.output_queue
+        if queue.empty():
+            # Wait for the app's next send or its end, without a task per call:
+            # test suites call this once per message.
+            future = self.future
+            waiter = self._output_waiter = asyncio.get_running_loop().create_future()
+            future.add_done_callback(self._wake_output)
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                future.remove_done_callback(self._wake_output)
+                self._output_waiter = None
+        if not queue.empty():
+            return queue.get_nowait()
         self._raise_if_failed()
         await self._cancel_and_wait()
         raise TimeoutError("the application sent no message")
