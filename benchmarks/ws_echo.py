@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""WebSocket echo benchmark: Tidings vs uvicorn (websockets backend) vs granian.
+"""WebSocket echo benchmark: Tidings vs uvicorn (websockets-sansio backend) vs granian.
 
 Usage::
 
@@ -265,7 +265,7 @@ def server_command(name: str, port: int) -> list[str]:
             "--http",
             "httptools",
             "--ws",
-            "websockets",
+            "websockets-sansio",  # uvicorn's sans-I/O backend, the one the issue measures
             "--lifespan",
             "off",
             "--no-access-log",

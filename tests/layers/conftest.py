@@ -37,7 +37,8 @@ Tests that only make sense for one backend go in its own test module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,7 @@ class FakeClock:
 
 LAYER_BACKENDS: dict[str, BackendSpec] = {
     "inmemory": BackendSpec(fixture="inmemory_backend", fake_clock=True),
+    "redis": BackendSpec(fixture="redis_backend", fake_clock=False),
 }
 
 
@@ -122,6 +124,33 @@ def inmemory_backend(fake_clock: FakeClock) -> LayerBackend:
             await asyncio.sleep(0)
 
     return LayerBackend(name="inmemory", make=make, advance=advance, settle=settle)
+
+
+@pytest.fixture
+async def redis_backend(redis_url: str) -> AsyncIterator[LayerBackend]:
+    """The Redis layer on the run's private redis-server, under a key prefix of its own."""
+    from tidings.layers.redis import RedisChannelLayer
+
+    prefix = f"test-{secrets.token_hex(6)}"
+    made: list[RedisChannelLayer] = []
+
+    def make(**options: Any) -> BaseChannelLayer:
+        layer = RedisChannelLayer([redis_url], prefix=prefix, **options)
+        made.append(layer)
+        return layer
+
+    async def advance(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def settle() -> None:
+        # A receive on a local channel parks on its first await; give it a few passes.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    yield LayerBackend(name="redis", make=make, advance=advance, settle=settle)
+    for layer in made:
+        await layer.flush()
+        await layer.close()
 
 
 @pytest.fixture(params=_params(timed=False))
