@@ -38,6 +38,7 @@ from urllib.parse import unquote
 import httptools
 
 from tidings._types import ASGIApp, Message
+from tidings.server._flow import WriteFlowControl
 from tidings.server._state import ServerState, access_log, error_log
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def simple_response(status: int, body: str | None = None, *, close: bool = True)
     return head + b"\r\n" + payload
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(WriteFlowControl, asyncio.Protocol):
     """One HTTP/1.1 connection: parses requests, runs the ASGI app per request."""
 
     def __init__(self, state: ServerState) -> None:
@@ -200,20 +201,7 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(item, RequestCycle):
                 item.on_disconnect()
         self._queue.clear()
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release_drain_waiters()
 
     def data_received(self, data: bytes) -> None:
         if self._failed:

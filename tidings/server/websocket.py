@@ -61,6 +61,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from tidings._types import ASGIApp, Message
+from tidings.server._flow import WriteFlowControl
 from tidings.server._state import ServerState, access_log, error_log
 from tidings.server.http11 import ClientDisconnected, simple_response
 from tidings.wire import (
@@ -139,7 +140,7 @@ class _Denial:
         self.chunked = False
 
 
-class WebSocketProtocol(asyncio.Protocol):
+class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     """One WebSocket connection after the HTTP upgrade request: the ASGI glue.
 
     Built by the upgrade hook that ``install`` sets; ``start`` then checks the handshake
@@ -160,7 +161,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_deflate",
         "_denial",
         "_disconnect",
-        "_drain_waiters",
         "_early",
         "_early_size",
         "_held",
@@ -177,7 +177,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_settings",
         "_since",
         "_waiter",
-        "_write_paused",
         "loop",
         "scope",
         "state",
@@ -626,20 +625,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._finish(held[1])
         self._finish(_disconnect(1006))
         self.state.forget_connection(self)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release_drain_waiters()
 
     # -- helpers --------------------------------------------------------------------------
 
