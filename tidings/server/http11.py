@@ -148,7 +148,6 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closing = False  # no further requests on this connection
         self._lost = False
-        self._eof = False
         self._failed = False
         now = time.monotonic()
         self._header_start: float | None = now
@@ -233,7 +232,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         # streaming to a client that left (SSE, long downloads) must find out
         # now, not at its next write: treat EOF as the client going away.
         # Returning False lets the transport close; connection_lost follows.
-        self._eof = True
+        self._closing = True
         return False
 
     # -- httptools callbacks ------------------------------------------------------------
@@ -463,7 +462,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             self._resume(_PAUSE_PIPELINE)
             self._start(nxt)
             return
-        if self._closing or self._eof:
+        if self._closing:
             self._close()
             return
         self._resume(_PAUSE_PIPELINE)
