@@ -846,14 +846,7 @@ class RequestCycle:
                 transport.write(head)
                 return
             if self.chunked:
-                out = [head]
-                if body:
-                    out += (b"%x\r\n" % len(body), body, b"\r\n")
-                if not more and not self.trailers:
-                    out.append(_LAST_CHUNK)
-                elif not more:
-                    out.append(b"0\r\n")
-                transport.writelines(out)
+                transport.writelines([head, *self._chunk_parts(body, more)])
                 self.sent += len(body)
                 return
             self._counted(len(body))
@@ -868,13 +861,9 @@ class RequestCycle:
             self.sent += len(body)
             return
         if self.chunked:
-            if body:
-                tail = (b"\r\n" + _LAST_CHUNK) if not more and not self.trailers else b"\r\n"
-                if not more and self.trailers:
-                    tail = b"\r\n0\r\n"
-                transport.writelines((b"%x\r\n" % len(body), body, tail))
-            elif not more:
-                transport.write(_LAST_CHUNK if not self.trailers else b"0\r\n")
+            parts = self._chunk_parts(body, more)
+            if parts:
+                transport.writelines(parts)
             self.sent += len(body)
             return
         self._counted(len(body))
@@ -882,6 +871,16 @@ class RequestCycle:
             transport.write(body)
         if not more:
             self._check_length()
+
+    def _chunk_parts(self, body: bytes, more: bool) -> list[bytes]:
+        """``body`` as one chunk (RFC 9112 section 7.1), plus the last chunk when done.
+
+        With trailers announced, the last chunk is left open for the trailer fields.
+        """
+        parts = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+        if not more:
+            parts.append(b"0\r\n" if self.trailers else _LAST_CHUNK)
+        return parts
 
     def _check_fits(self, n: int) -> None:
         if 0 <= self.remaining < n:
