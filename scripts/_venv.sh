@@ -29,7 +29,7 @@ ensure_venv() {
         }
     fi
     stamp=".venv/.tidings-installed"
-    want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
+    want="$(cat pyproject.toml setup.py tidings/wire/_speedups.c | sha256sum | cut -c1-16)-${extras:-base}"
     if [ ! -f "$stamp" ] || ! grep -qx -- "$want" "$stamp"; then
         echo "installing Tidings${extras:+ with [$extras]} into .venv" >&2
         .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2

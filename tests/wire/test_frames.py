@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -73,17 +74,47 @@ def test_rfc_masked_hello_example() -> None:
     assert client_frame(Opcode.TEXT, b"Hello") == data
 
 
-@given(st.binary(max_size=600), st.binary(min_size=4, max_size=4))
+# Both builds of the unmasker: the C one (optional, built by setup.py) and pure Python.
+MASKERS = [pytest.param(frames._apply_mask_py, id="python")]
+if frames._apply_mask_c is not None:
+    MASKERS.append(pytest.param(frames._apply_mask_c, id="c"))
+
+
+def test_the_c_unmasker_was_built() -> None:
+    # The development install compiles tidings/wire/_speedups.c (a C compiler is part of
+    # the dev setup); if this fails, the C branch of every masking test is not running.
+    assert frames.HAVE_SPEEDUPS, "tidings.wire._speedups is missing: pip install -e . again"
+    assert apply_mask is frames._apply_mask_c
+
+
+@pytest.mark.parametrize("mask_fn", MASKERS)
+@given(payload=st.binary(max_size=2100), mask=st.binary(min_size=4, max_size=4))
 def test_apply_mask_is_its_own_inverse_and_matches_bytewise_xor(
-    payload: bytes, mask: bytes
+    mask_fn: Callable[[bytes, bytes], bytes], payload: bytes, mask: bytes
 ) -> None:
-    masked = apply_mask(payload, mask)
+    masked = mask_fn(payload, mask)
     assert masked == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert apply_mask(masked, mask) == payload
+    assert mask_fn(masked, mask) == payload
 
 
-def test_apply_mask_accepts_bytearray() -> None:
-    assert apply_mask(bytearray(b"\x00" * 200), bytearray(b"abcd")) == b"abcd" * 50
+@pytest.mark.parametrize("mask_fn", MASKERS)
+def test_apply_mask_accepts_bytearray_and_memoryview(
+    mask_fn: Callable[[bytes | bytearray, bytes | bytearray], bytes],
+) -> None:
+    assert mask_fn(bytearray(b"\x00" * 200), bytearray(b"abcd")) == b"abcd" * 50
+    if mask_fn is frames._apply_mask_c:
+        assert mask_fn(memoryview(b"\x00" * 7), b"abcd") == b"abcdabc"  # type: ignore[arg-type]
+
+
+def test_c_apply_mask_rejects_bad_arguments() -> None:
+    c = frames._apply_mask_c
+    assert c is not None
+    with pytest.raises(ValueError, match="4 bytes"):
+        c(b"abc", b"abc")
+    with pytest.raises(TypeError):
+        c("text", b"abcd")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c(b"abc")  # type: ignore[call-arg]
 
 
 # --- close codes ---------------------------------------------------------------------

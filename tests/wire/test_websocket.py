@@ -86,7 +86,10 @@ def assert_failed(conn: WebSocketConnection, data: bytes, code: int) -> None:
 # --- messages ------------------------------------------------------------------------
 
 
-def test_fast_path_text_and_binary() -> None:
+@pytest.mark.parametrize("c_unmask", [True, False], ids=["c-unmask", "python-unmask"])
+def test_fast_path_text_and_binary(monkeypatch: pytest.MonkeyPatch, c_unmask: bool) -> None:
+    # Both branches of the 7-bit fast path: the C unmasker and the big-int fallback.
+    monkeypatch.setattr(websocket, "_FAST_UNMASK", c_unmask)
     conn = WebSocketConnection()
     assert feed(conn, client_frame(TEXT, "héllo".encode())) == [TextMessage("héllo")]
     assert feed(conn, client_frame(BINARY, b"\x00\x01")) == [BytesMessage(b"\x00\x01")]

@@ -16,8 +16,9 @@ handshake) are ``websocket.py``'s business. It holds:
   fails before the payload is buffered;
 * encoders for frames sent by the *server* (never masked, RFC 6455 §5.1).
 
-Hot path: unmasking is done with one big-integer XOR (``int.from_bytes`` of the payload
-against the 4-byte mask repeated), which runs in C over the whole payload. The tables
+Hot path: unmasking runs in the optional C extension ``_speedups`` (8 bytes per step)
+when it was built; otherwise with one big-integer XOR (``int.from_bytes`` of the payload
+against the 4-byte mask repeated), which also runs in C, but allocates. The tables
 ``_MASK_REPEAT`` and ``_LOW_BITS`` precompute the repeat multiplier and truncation mask
 for payloads of up to 125 bytes; ``websocket.py`` uses them for its single-frame fast path.
 
@@ -34,11 +35,12 @@ Error tree::
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
 __all__ = [
+    "HAVE_SPEEDUPS",
     "MAX_CLOSE_REASON",
     "MAX_CONTROL_PAYLOAD",
     "CloseCode",
@@ -181,7 +183,7 @@ _MASK_REPEAT: tuple[int, ...] = tuple(
 _LOW_BITS: tuple[int, ...] = tuple((1 << (8 * n)) - 1 for n in range(MAX_CONTROL_PAYLOAD + 1))
 
 
-def apply_mask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+def _apply_mask_py(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); its own inverse."""
     n = len(payload)
     if n <= MAX_CONTROL_PAYLOAD:
@@ -189,6 +191,18 @@ def apply_mask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     else:
         key = int.from_bytes((bytes(mask) * ((n + 3) >> 2))[:n], "little")
     return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
+_apply_mask_c: Callable[[bytes | bytearray, bytes | bytearray], bytes] | None
+try:
+    # The optional C build of the same function (setup.py; absent without a compiler).
+    from tidings.wire._speedups import apply_mask as _apply_mask_c
+except ImportError:  # pragma: no cover - depends on how the package was built
+    _apply_mask_c = None
+
+#: True when unmasking runs in the optional C extension (``tidings.wire._speedups``).
+HAVE_SPEEDUPS = _apply_mask_c is not None
+apply_mask = _apply_mask_py if _apply_mask_c is None else _apply_mask_c
 
 
 # --- parsing (RFC 6455 §5.2) -------------------------------------------------------

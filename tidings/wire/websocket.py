@@ -29,9 +29,10 @@ CLOSED and further input is ignored.
 
 Hot path: ``receive_data`` first tries a fast path for the overwhelmingly common chunk
 "exactly one complete, masked, unfragmented, uncompressed text or binary frame with a
-7-bit or 16-bit length" while no fragmented message is pending. For a 7-bit length one
-``int.from_bytes`` of the whole chunk yields the mask and the payload, one XOR unmasks it
-and one ``bytes.decode`` validates UTF-8; events are built without the frozen-dataclass
+7-bit or 16-bit length" while no fragmented message is pending. The C ``apply_mask``
+unmasks it (without the C build, for a 7-bit length one ``int.from_bytes`` of the whole
+chunk yields the mask and the payload and one XOR unmasks it), and one ``bytes.decode``
+validates UTF-8; events are built without the frozen-dataclass
 ``__init__`` detour. Everything else goes through ``FrameParser`` and the message
 assembly below. ``_fast_max``/``_fast_max16`` are the largest payloads the fast path may
 take now (within the frame limit), or -1 when it must not run (not OPEN, a partial frame
@@ -54,6 +55,7 @@ from tidings.wire.frames import (
     _LOW_BITS,
     _MASK_REPEAT,
     _TEXT_HEADERS,
+    HAVE_SPEEDUPS,
     MAX_CONTROL_PAYLOAD,
     CloseCode,
     ConnectionClosedError,
@@ -65,6 +67,10 @@ from tidings.wire.frames import (
     encode_frame,
     parse_close_payload,
 )
+
+#: Unmask fast-path frames with the C ``apply_mask`` (a module global so tests can turn
+#: the pure-Python branch back on).
+_FAST_UNMASK = HAVE_SPEEDUPS
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -279,12 +285,16 @@ class WebSocketConnection:
         # frame (first byte 0x81 or 0x82: FIN, no RSV bits) while the fast path is on.
         if n >= 0 and 0x81 <= data[0] <= 0x82:
             if n <= self._fast_max and data[1] == 0x80 | n:
-                # 7-bit length. Little-endian, bytes 2-5 are the mask and bytes 6.. the
-                # payload, so one int holds both (§5.2, §5.3).
-                v = int.from_bytes(data, "little")
-                payload = (
-                    ((v >> 48) ^ (((v >> 16) & 0xFFFFFFFF) * _MASK_REPEAT[n])) & _LOW_BITS[n]
-                ).to_bytes(n, "little")
+                # 7-bit length: bytes 2-5 are the mask and bytes 6.. the payload (§5.2).
+                if _FAST_UNMASK:
+                    payload = apply_mask(data[6:], data[2:6])
+                else:
+                    # Without the C unmasker: little-endian, one int holds mask and
+                    # payload, so one multiply and one XOR unmask it (§5.3).
+                    v = int.from_bytes(data, "little")
+                    payload = (
+                        ((v >> 48) ^ (((v >> 16) & 0xFFFFFFFF) * _MASK_REPEAT[n])) & _LOW_BITS[n]
+                    ).to_bytes(n, "little")
             elif (
                 data[1] == 0xFE  # masked, 16-bit length
                 and n - 2 <= self._fast_max16
