@@ -124,3 +124,79 @@ async def test_await_many_dispatch_until_stop() -> None:
             await await_many_dispatch([a.get, b.get], dispatch)
     assert sorted(m.get("n", 0) for m in seen) == [0, 1, 2]
     assert seen[-1] == {"stop": True}
+
+
+class PolledQueue:
+    """A source in the shape of a Tidings ``ChannelSource`` that can be polled."""
+
+    def __init__(self) -> None:
+        self.items: list[Message] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.polls = 0
+
+    async def __call__(self) -> Message:  # pragma: no cover - the mux polls instead
+        raise AssertionError("a polled source is never awaited by the mux")
+
+    def put(self, message: Message) -> None:
+        self.items.append(message)
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def poll(self) -> Message | None:
+        self.polls += 1
+        return self.items.pop(0) if self.items else None
+
+    def watch(self, waiter: asyncio.Future[None]) -> None:
+        self.waiters.append(waiter)
+
+    def unwatch(self, waiter: asyncio.Future[None]) -> None:
+        self.waiters.remove(waiter)
+
+
+async def test_polled_source_gets_no_pump_and_is_taken_only_on_demand() -> None:
+    client, layer = CountingQueue(), PolledQueue()
+    before = len(asyncio.all_tasks())
+    async with MessageMux([client.get, layer]) as mux:
+        assert len(asyncio.all_tasks()) == before + 1  # a pump for the client only
+        layer.put({"n": 1})
+        layer.put({"n": 2})
+        assert await mux.get() == {"n": 1}
+        assert layer.items == [{"n": 2}], "the next message stays queued until asked for"
+        assert await mux.get() == {"n": 2}
+        # Waiting: both the pump and the polled source can end the wait.
+        getter = asyncio.create_task(mux.get())
+        await asyncio.sleep(0.01)
+        assert len(layer.waiters) == 1
+        layer.put({"n": 3})
+        assert await asyncio.wait_for(getter, 5) == {"n": 3}
+        assert layer.waiters == [], "the mux unwatches after every wait"
+        getter = asyncio.create_task(mux.get())
+        await asyncio.sleep(0.01)
+        client.queue.put_nowait({"from": "client"})
+        assert await asyncio.wait_for(getter, 5) == {"from": "client"}
+        assert layer.waiters == []
+
+
+async def test_ready_client_messages_come_before_polled_ones() -> None:
+    client, layer = CountingQueue(), PolledQueue()
+    async with MessageMux([client.get, layer]) as mux:
+        client.queue.put_nowait({"from": "client"})
+        await asyncio.sleep(0.01)  # the pump has it ready
+        layer.put({"from": "layer"})
+        assert await mux.get() == {"from": "client"}
+        assert await mux.get() == {"from": "layer"}
+
+
+async def test_cancelled_get_unwatches_polled_sources() -> None:
+    client, layer = CountingQueue(), PolledQueue()
+    async with MessageMux([client.get, layer]) as mux:
+        getter = asyncio.create_task(mux.get())
+        await asyncio.sleep(0.01)
+        assert len(layer.waiters) == 1
+        getter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter
+        assert layer.waiters == []
+        layer.put({"n": 1})
+        assert await mux.get() == {"n": 1}

@@ -165,7 +165,12 @@ class AsyncConsumer:
         sources: list[MessageSource] = [receive]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            make_source = getattr(self.channel_layer, "channel_source", None)
+            self.channel_receive = (
+                make_source(self.channel_name)
+                if make_source is not None
+                else functools.partial(self.channel_layer.receive, self.channel_name)
+            )
             sources.append(self.channel_receive)
         try:
             async with MessageMux(sources) as mux:
@@ -174,7 +179,30 @@ class AsyncConsumer:
         except StopConsumer:
             pass
         finally:
+            if self._direct_set:
+                self.channel_layer.set_direct(self.channel_name, None)  # type: ignore[union-attr]
             await self._leave_groups_at_exit()
+
+    _direct_set = False
+
+    def _allow_direct_sends(self) -> None:
+        """Let the layer write group ``websocket.send`` messages straight to the socket.
+
+        Called once the connection is accepted. Only when the server offers
+        ``scope["tidings.send_nowait"]`` for the very ``send`` this consumer was
+        given (no middleware or transport wraps it) and the layer supports it:
+        see *Direct delivery* in :mod:`tidings.layers.inmemory`.
+        """
+        layer = self.channel_layer
+        set_direct = getattr(layer, "set_direct", None)
+        send_now = self.scope.get("tidings.send_nowait")
+        if set_direct is None or send_now is None or self._direct_set:
+            return
+        owner = getattr(send_now, "__self__", None)
+        if owner is None or owner is not getattr(self.base_send, "__self__", None):
+            return
+        set_direct(self.channel_name, send_now)
+        self._direct_set = True
 
     async def dispatch(self, message: Message) -> None:
         """Call the handler named after ``message["type"]``.

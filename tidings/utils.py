@@ -21,6 +21,17 @@ returns next; if the consumer stops instead, that one message is dropped.
 With a single source there are no pump tasks at all: ``get`` awaits the
 source directly.
 
+*Polled sources.* A source that can be polled (a Tidings layer's
+``ChannelSource`` for a process-specific channel: ``poll()`` takes a waiting
+message without blocking, ``watch(future)`` resolves a future when one
+arrives) gets no pump: ``get`` polls it, and when nothing is ready waits on
+one future that the pumps and every polled source's ``watch`` can resolve.
+A layer message then costs one task switch (the consumer's) instead of three
+(pump wake, consumer wake, pump re-arm), which is most of the cost of a
+group message fanned out to many local consumers. Polling takes a message
+only when the consumer asks for the next one, so the demand rule holds for
+polled sources too, and a consumer that stops leaves their messages queued.
+
 An exception raised by a source is re-raised from ``get``. Closing the mux
 cancels the pumps and waits for them; a pump cancelled inside its source's
 ``receive`` relies on that source being cancellation-safe (``asyncio.Queue``
@@ -32,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, cast
 
 from tidings._types import Message
 
@@ -53,24 +65,34 @@ class MessageMux:
 
     Args:
         sources: zero-argument async callables, each returning one message.
+            A source with a non-None ``poll`` attribute (a
+            :class:`~tidings.layers.ChannelSource` of a Tidings layer) is
+            polled instead of pumped: see the module docstring.
     """
 
     def __init__(self, sources: Sequence[MessageSource]) -> None:
         if not sources:
             raise ValueError("MessageMux needs at least one message source")
         self._sources = list(sources)
+        self._polled: list[_Polled] = []
+        self._pumped: list[int] = []
+        if len(self._sources) > 1:
+            for index, source in enumerate(self._sources):
+                if getattr(source, "poll", None) is not None:
+                    self._polled.append(cast(_Polled, source))
+                else:
+                    self._pumped.append(index)
         # Index of the source whose message ``get`` returned last, not yet re-armed.
         self._pending_rearm: int | None = None
         self._ready: collections.deque[tuple[int, Message | BaseException]] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._demand = [asyncio.Event() for _ in self._sources]
         self._pumps: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> MessageMux:
-        if len(self._sources) > 1:
-            for index in range(len(self._sources)):
-                self._demand[index].set()
-                self._pumps.append(asyncio.create_task(self._pump(index)))
+        for index in self._pumped:
+            self._demand[index].set()
+            self._pumps.append(asyncio.create_task(self._pump(index)))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -87,7 +109,10 @@ class MessageMux:
             await asyncio.gather(*pumps, return_exceptions=True)
 
     async def get(self) -> Message:
-        """Return the next message from any source, in arrival order.
+        """Return the next message from any source.
+
+        Messages of one source come in their order; pumped sources' messages that
+        are ready are handed out before polled ones.
 
         Raises:
             Exception: whatever a source raised while fetching a message.
@@ -97,15 +122,33 @@ class MessageMux:
         if self._pending_rearm is not None:
             self._demand[self._pending_rearm].set()
             self._pending_rearm = None
-        while not self._ready:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        index, item = self._ready.popleft()
-        if isinstance(item, BaseException):
-            # The failed pump has exited; don't re-arm it.
-            raise item
-        self._pending_rearm = index
-        return item
+        polled = self._polled
+        while True:
+            if self._ready:
+                index, item = self._ready.popleft()
+                if isinstance(item, BaseException):
+                    # The failed pump has exited; don't re-arm it.
+                    raise item
+                self._pending_rearm = index
+                return item
+            for source in polled:
+                message = source.poll()
+                if message is not None:
+                    return message
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                for source in polled:
+                    source.watch(waiter)
+                await waiter
+            finally:
+                self._waiter = None
+                for source in polled:
+                    source.unwatch(waiter)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _pump(self, index: int) -> None:
         source = self._sources[index]
@@ -117,10 +160,19 @@ class MessageMux:
                 message = await source()
             except Exception as exc:
                 self._ready.append((index, exc))
-                self._wakeup.set()
+                self._wake()
                 return
             self._ready.append((index, message))
-            self._wakeup.set()
+            self._wake()
+
+
+class _Polled(Protocol):
+    """A source that can also be polled (``ChannelSource`` of a Tidings layer)."""
+
+    def __call__(self) -> Awaitable[Message]: ...
+    def poll(self) -> Message | None: ...
+    def watch(self, waiter: asyncio.Future[None]) -> None: ...
+    def unwatch(self, waiter: asyncio.Future[None]) -> None: ...
 
 
 async def await_many_dispatch(

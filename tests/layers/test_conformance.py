@@ -461,3 +461,116 @@ async def test_async_to_sync_from_a_thread_reaches_a_waiting_receiver(
     assert errors == []
     assert await layer.receive(channel) == {"type": "room.message", "n": 1}
     assert await layer.receive(channel) == {"type": "room.message", "n": 2}
+
+
+# -- polled channel sources and direct delivery (Tidings extensions) ---------------------
+
+
+async def test_channel_source_receives_and_polls(layer: BaseChannelLayer) -> None:
+    channel = await layer.new_channel()
+    source = layer.channel_source(channel)
+    assert source.channel == channel
+    assert source.poll is not None, "a process-specific channel of a Tidings layer is polled"
+    assert source.poll() is None
+    await layer.send(channel, {"type": "one"})
+    await layer.send(channel, {"type": "two"})
+    assert await asyncio.wait_for(source(), GUARD) == {"type": "one"}
+    got = None
+    for _ in range(500):  # the Redis layer's receive loop delivers asynchronously
+        got = source.poll()
+        if got is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert got == {"type": "two"}
+    assert source.poll() is None
+
+
+async def test_channel_source_of_a_normal_channel_is_not_polled(layer: BaseChannelLayer) -> None:
+    source = layer.channel_source("jobs.thumbnails")
+    assert source.poll is None
+    await layer.send("jobs.thumbnails", {"type": "job"})
+    assert await asyncio.wait_for(source(), GUARD) == {"type": "job"}
+
+
+async def test_watch_resolves_on_arrival_and_unwatch_forgets(layer: BaseChannelLayer) -> None:
+    channel = await layer.new_channel()
+    source = layer.channel_source(channel)
+    assert source.poll is not None and source.poll() is None  # starts the receive loop
+    loop = asyncio.get_running_loop()
+    forgotten = loop.create_future()
+    source.watch(forgotten)
+    source.unwatch(forgotten)
+    waiter = loop.create_future()
+    source.watch(waiter)
+    await layer.send(channel, {"type": "hello"})
+    await asyncio.wait_for(waiter, GUARD)
+    source.unwatch(waiter)
+    assert not forgotten.done(), "an unwatched future is never resolved"
+    assert source.poll() == {"type": "hello"}
+    # A message already waiting resolves a new watch at once.
+    await layer.send(channel, {"type": "again"})
+    for _ in range(500):
+        ready = loop.create_future()
+        source.watch(ready)
+        source.unwatch(ready)
+        if ready.done():
+            break
+        await asyncio.sleep(0.01)
+    assert ready.done()
+    assert source.poll() == {"type": "again"}
+
+
+async def test_group_websocket_send_goes_to_an_idle_members_direct_sender(
+    layer: BaseChannelLayer,
+) -> None:
+    idle, busy, refusing = [await layer.new_channel() for _ in range(3)]
+    for channel in (idle, busy, refusing):
+        await layer.group_add("room", channel)
+    written: dict[str, list[dict[str, Any]]] = {idle: [], busy: [], refusing: []}
+
+    arrived = asyncio.Event()
+
+    def sender(channel: str, accept: bool) -> Callable[[dict[str, Any]], bool]:
+        def send_now(message: dict[str, Any]) -> bool:
+            if accept:
+                written[channel].append(message)
+                arrived.set()
+            return accept
+
+        return send_now
+
+    layer.set_direct(idle, sender(idle, True))  # type: ignore[attr-defined]
+    layer.set_direct(busy, sender(busy, True))  # type: ignore[attr-defined]
+    layer.set_direct(refusing, sender(refusing, False))  # type: ignore[attr-defined]
+    sources = {channel: layer.channel_source(channel) for channel in (idle, refusing)}
+    loop = asyncio.get_running_loop()
+    waiters = {}
+    for channel, source in sources.items():
+        assert source.poll is not None and source.poll() is None
+        waiters[channel] = loop.create_future()
+        source.watch(waiters[channel])
+    # ``busy`` has no waiting reader: its message is queued as usual.
+    message = {"type": "websocket.send", "text": "hi"}
+    await layer.group_send("room", message)
+
+    await asyncio.wait_for(arrived.wait(), GUARD)
+    assert written[idle] == [message]
+    assert not waiters[idle].done(), "the idle consumer was not woken"
+    assert await asyncio.wait_for(layer.receive(busy), GUARD) == message
+    assert written[busy] == []
+    # The refusing sender (a slow client) leaves the message queued for the consumer.
+    await asyncio.wait_for(waiters[refusing], GUARD)
+    assert sources[refusing].poll() == message
+    # Other message types never take the direct path.
+    await layer.group_send("room", {"type": "chat.message", "text": "x"})
+    waiters[idle].cancel()
+    sources[idle].unwatch(waiters[idle])
+    assert await asyncio.wait_for(layer.receive(idle), GUARD) == {
+        "type": "chat.message",
+        "text": "x",
+    }
+    # Unregistered: queued again.
+    layer.set_direct(idle, None)  # type: ignore[attr-defined]
+    await layer.group_send("room", message)
+    assert await asyncio.wait_for(layer.receive(idle), GUARD) == message
+    assert len(written[idle]) == 1

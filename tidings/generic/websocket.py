@@ -13,6 +13,7 @@ ASGI message / call        method
 ``accept()``               send ``websocket.accept`` (subprotocol, headers)
 ``send()``                 send ``websocket.send`` (text or bytes), optionally close
 ``close()``                send ``websocket.close`` (before accept: deny, HTTP 403)
+layer ``websocket.send``   send it to the client as is (Tidings extension)
 =========================  ===============================================
 
 ``connect()`` may raise :class:`~tidings.exceptions.AcceptConnection` or
@@ -135,6 +136,7 @@ class WebsocketConsumer(SyncConsumer):
     ) -> None:
         """Accept the connection, optionally choosing a subprotocol and adding headers."""
         super().send(_accept_message(subprotocol, headers))
+        self._allow_direct_sends()
 
     def websocket_receive(self, message: Message) -> None:
         """Pass a received frame to ``receive``."""
@@ -161,6 +163,14 @@ class WebsocketConsumer(SyncConsumer):
     def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before ``accept``: refuse it with HTTP 403)."""
         super().send(_close_message(code, reason))
+
+    def websocket_send(self, message: Message) -> None:
+        """A ``websocket.send`` message from the channel layer: send it to the client.
+
+        A Tidings extension: ``group_send(group, {"type": "websocket.send", "text": ...})``
+        reaches every member's client (directly from the layer for idle members).
+        """
+        super().send(_send_message(message.get("text"), message.get("bytes")))
 
     def websocket_disconnect(self, message: Message) -> None:
         """Leave ``groups``, call ``disconnect(code)``, then stop the consumer."""
@@ -254,6 +264,7 @@ class AsyncWebsocketConsumer(AsyncConsumer):
     ) -> None:
         """Accept the connection, optionally choosing a subprotocol and adding headers."""
         await super().send(_accept_message(subprotocol, headers))
+        self._allow_direct_sends()
 
     async def websocket_receive(self, message: Message) -> None:
         """Pass a received frame to ``receive``."""
@@ -280,6 +291,14 @@ class AsyncWebsocketConsumer(AsyncConsumer):
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the connection (before ``accept``: refuse it with HTTP 403)."""
         await super().send(_close_message(code, reason))
+
+    async def websocket_send(self, message: Message) -> None:
+        """A ``websocket.send`` message from the channel layer: send it to the client.
+
+        A Tidings extension: ``group_send(group, {"type": "websocket.send", "text": ...})``
+        reaches every member's client (directly from the layer for idle members).
+        """
+        await super().send(_send_message(message.get("text"), message.get("bytes")))
 
     async def websocket_disconnect(self, message: Message) -> None:
         """Leave ``groups``, call ``disconnect(code)``, then stop the consumer."""

@@ -51,6 +51,18 @@ queue per group for a day).
 **Fan-out.** ``group_send`` is one loop under one lock acquisition: an
 append and at most one wake-up per member, no task per member.
 
+**Direct delivery** (a Tidings extension). A group message of type
+``websocket.send`` (with ``text`` or ``bytes``) means "send this to the
+client"; a WebSocket consumer handles it with its ``websocket_send``
+handler. A consumer whose socket is served by the Tidings server registers
+its socket's non-blocking writer with :meth:`set_direct` when it accepts.
+``group_send`` then hands such a message straight to that writer for every
+member that is *idle* (its consumer is waiting in this event loop and has
+nothing queued), without waking the consumer at all: the server encodes the
+frame once per process and writes it to each socket. Ordering is kept (an
+idle member has nothing before it), and any member that is busy, slow
+(backpressure) or in another loop gets the message queued as usual.
+
 The clock is ``time.monotonic``, read through the ``_clock`` attribute so
 that tests can substitute a fake one.
 """
@@ -74,6 +86,7 @@ from tidings.layers.base import (
     DEFAULT_EXPIRY,
     BaseChannelLayer,
     CapacityPattern,
+    ChannelSource,
     Message,
     _positive_number,
 )
@@ -153,6 +166,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self._groups: dict[str, dict[str, float]] = {}
         self._memberships: dict[str, set[str]] = {}
         self._next_sweep = -math.inf
+        # channel -> send_now of a WebSocket consumer's socket (see set_direct).
+        self._direct: dict[str, Callable[[Message], bool]] = {}
         # Names this layer makes share one random "process" part, as a
         # multi-process layer's names do; the local part is per channel.
         self._process_part = secrets.token_hex(6)
@@ -230,6 +245,89 @@ class InMemoryChannelLayer(BaseChannelLayer):
         received: Message = _isolate(snapshot)
         return received
 
+    def receive_nowait(self, channel: str) -> Message | None:
+        """Take the next message of ``channel`` if one is waiting, else return None.
+
+        The non-blocking half of :meth:`receive`, for a consumer that waits on
+        several sources with one future (see :meth:`watch`).
+
+        Raises:
+            TypeError: the channel name is not valid.
+        """
+        self.valid_channel_name(channel)
+        return self._receive_nowait(channel)
+
+    def _receive_nowait(self, channel: str) -> Message | None:
+        """``receive_nowait`` without the name check (the caller checked it once)."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_sweep(now)
+            record = self._channels.get(channel)
+            if record is None:
+                return None
+            if self._drop_expired(record, now):
+                self._leave_groups(channel)
+            if not record.queue:
+                return None
+            _, snapshot = record.queue.popleft()
+            if not record.queue and not record.waiters:
+                del self._channels[channel]
+        received: Message = _isolate(snapshot)
+        return received
+
+    def watch(self, channel: str, waiter: asyncio.Future[None]) -> None:
+        """Resolve ``waiter`` (with None) when a message arrives on ``channel``.
+
+        Use only on a channel with a single reader (a process-specific one), then
+        :meth:`receive_nowait` to take the message, and :meth:`unwatch` when the
+        wait ends for any reason. A message already waiting resolves it at once.
+        """
+        with self._lock:
+            record = self._channels.get(channel)
+            if record is None:
+                record = self._channels[channel] = _Channel(self.get_capacity(channel))
+            if record.queue:
+                if not waiter.done():
+                    waiter.set_result(None)
+                return
+            record.waiters.append(waiter)
+
+    def unwatch(self, channel: str, waiter: asyncio.Future[None]) -> None:
+        """Forget ``waiter`` registered by :meth:`watch` (a no-op once it was woken)."""
+        with self._lock:
+            record = self._channels.get(channel)
+            if record is None:
+                return
+            waiters = record.waiters
+            # Membership test first: a failed deque.remove() formats the future's repr.
+            if waiters and waiters[-1] is waiter:
+                waiters.pop()
+            elif waiter in waiters:
+                waiters.remove(waiter)
+            if not record.queue and not waiters:
+                del self._channels[channel]
+
+    def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
+        """Let ``group_send`` hand ``websocket.send`` messages for ``channel`` to ``send_now``.
+
+        A Tidings extension for broadcasts (see the module docstring, *Direct
+        delivery*): ``send_now(message)`` writes the message to the member's
+        socket at once and returns True, or returns False to have it queued as
+        usual. None removes the registration.
+        """
+        with self._lock:
+            if send_now is None:
+                self._direct.pop(channel, None)
+            else:
+                self._direct[channel] = send_now
+
+    def channel_source(self, channel: str) -> ChannelSource:
+        """``channel`` as a message source that :class:`~tidings.utils.MessageMux` can poll."""
+        if "!" not in channel:
+            return super().channel_source(channel)
+        self.valid_channel_name(channel)
+        return ChannelSource(channel, self.receive, self._receive_nowait, self.watch, self.unwatch)
+
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, ``"<prefix>.<process>!<random>"``.
 
@@ -285,6 +383,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.require_message(message)
         snapshot = _isolate(message)
         loop = asyncio.get_running_loop()
+        direct = self._direct if self._direct and snapshot.get("type") == "websocket.send" else None
+        handed: list[tuple[_Channel, Callable[[Message], bool]]] = []
         with self._lock:
             now = self._clock()
             self._maybe_sweep(now)
@@ -307,6 +407,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     self._drop_expired(record, now)
                     expired.append(channel)
                     continue
+                if direct is not None and not record.queue and record.waiters:
+                    # An idle member (its consumer waits in this loop, nothing queued):
+                    # its socket can take the message directly, after the lock.
+                    send_now = direct.get(channel)
+                    waiter = record.waiters[0]
+                    if send_now is not None and waiter.get_loop() is loop and not waiter.done():
+                        handed.append((record, send_now))
+                        continue
                 if len(record.queue) < record.capacity:
                     record.queue.append(entry)
                     if record.waiters:
@@ -315,6 +423,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 self._remove_membership(group, channel)
             for channel in expired:
                 self._leave_groups(channel)
+        for record, send_now in handed:
+            if not send_now(snapshot):
+                # The socket could not take it now (slow client, closing): queue it as
+                # usual; the consumer's websocket_send handler will send it.
+                with self._lock:
+                    if len(record.queue) < record.capacity:
+                        record.queue.append(entry)
+                        if record.waiters:
+                            self._wake_one(record, loop)
 
     # -- whole layer --------------------------------------------------------
 

@@ -100,7 +100,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from redis.exceptions import (
@@ -134,6 +134,7 @@ from tidings.layers.base import (
     DEFAULT_EXPIRY,
     BaseChannelLayer,
     CapacityPattern,
+    ChannelSource,
     Message,
     _positive_int,
     _positive_number,
@@ -203,17 +204,22 @@ class _Readers:
         self.loop = loop
         self.tasks: list[asyncio.Task[None]] = []
         self.stopped = False
+        self.ended = 0  # loop tasks that have finished (crashed or cancelled)
 
     def stopping(self, state: LoopState) -> bool:
         """Whether a loop using ``state`` should end (``close()``, or its event loop is ending)."""
         return self.stopped or state.closed
 
+    @property
+    def running(self) -> bool:
+        """Not stopped and no loop task has ended (cheap: kept by done-callbacks)."""
+        return not self.stopped and self.ended == 0
+
+    def task_ended(self, task: asyncio.Task[None]) -> None:
+        self.ended += 1
+
     def alive(self) -> bool:
-        return (
-            not self.stopped
-            and not self.loop.is_closed()
-            and not any(task.done() for task in self.tasks)
-        )
+        return self.running and not self.loop.is_closed()
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -360,6 +366,41 @@ class RedisChannelLayer(BaseChannelLayer):
         self._ensure_readers()
         message = await self._local.receive(channel)
         if channel in self._full:
+            with self._lock:
+                self._full.pop(channel, None)
+            self._spawn(self._sync_full(channel))
+        return message
+
+    def channel_source(self, channel: str) -> ChannelSource:
+        """``channel`` as a message source; this node's channels can be polled.
+
+        Raises:
+            TypeError: the channel name is not valid.
+        """
+        self.valid_channel_name(channel)
+        if "!" not in channel or node_of_channel(channel) != self._node:
+            return ChannelSource(channel, self.receive)
+        return ChannelSource(
+            channel, self.receive, self._poll, self._local.watch, self._local.unwatch
+        )
+
+    def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
+        """Direct delivery of ``websocket.send`` group messages to a socket of this node.
+
+        See :meth:`InMemoryChannelLayer.set_direct`; channels of other nodes are ignored.
+        """
+        if "!" in channel and node_of_channel(channel) == self._node:
+            self._local.set_direct(channel, send_now)
+
+    def _poll(self, channel: str) -> Message | None:
+        """Non-blocking receive on a channel of this node (see ``channel_source``).
+
+        MessageMux polls before every wait, so this also (re)starts the receive
+        loops that will fill the channel.
+        """
+        self._ensure_readers()
+        message = self._local._receive_nowait(channel)
+        if message is not None and channel in self._full:
             with self._lock:
                 self._full.pop(channel, None)
             self._spawn(self._sync_full(channel))
@@ -637,6 +678,9 @@ class RedisChannelLayer(BaseChannelLayer):
     def _ensure_readers(self) -> None:
         """Start this node's receive loops in the running loop unless they run somewhere."""
         loop = asyncio.get_running_loop()
+        readers = self._readers
+        if readers is not None and readers.loop is loop and readers.running:
+            return  # the hot path: called for every message received
         with self._lock:
             readers = self._readers
             if readers is not None and readers.alive():
@@ -648,6 +692,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 )
                 for shard in range(self._shard_count)
             ]
+            for task in readers.tasks:
+                task.add_done_callback(readers.task_ended)
 
     async def _read_inbox(self, shard: int, readers: _Readers) -> None:
         """Pop this node's inbox on ``shard`` and route the entries, forever."""

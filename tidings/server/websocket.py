@@ -58,7 +58,7 @@ import asyncio
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
@@ -102,6 +102,11 @@ _EXTENSIONS: Final[dict[str, dict[object, object]]] = {
     "websocket.http.response": {},
     _SEND_FRAMES: {},
 }
+
+#: The last payload ``send_nowait`` encoded and its frame: a broadcast delivers the same
+#: str/bytes object to every member, so its frame is built once (one per process: one
+#: event loop).
+_FRAME_CACHE: list[object] = [None, b""]
 
 _HANDSHAKE, _OPEN, _DONE = 0, 1, 2
 _PING_PAYLOAD: Final = b"tidings"
@@ -215,6 +220,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             "subprotocols": [],
             "state": scope["state"],
             "extensions": _EXTENSIONS,
+            "tidings.send_nowait": self.send_nowait,
         }
         self._phase = _HANDSHAKE
         self._request: HandshakeRequest | None = None
@@ -339,6 +345,53 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             raise RuntimeError("receive() called while another receive() is waiting")
         waiter = self._waiter = self.loop.create_future()
         return await waiter
+
+    def send_nowait(self, message: Message) -> bool:
+        """Write a ``websocket.send`` message now, without waiting; False if it can't.
+
+        Offered to the app as ``scope["tidings.send_nowait"]`` so a channel layer can
+        hand a group message straight to an idle member's socket (see
+        ``tidings.layers.inmemory``). Returns False, and writes nothing, whenever only
+        ``send()`` may handle the message: the connection is not open or is closing,
+        the client is slow (writing is paused: ``send()`` must wait), or the message
+        has no valid ``text``/``bytes``. An uncompressed connection reuses the frame
+        encoded by the previous call when the payload is the very same object, so a
+        broadcast to many members is encoded once per process.
+        """
+        conn = self._conn
+        if (
+            self._phase != _OPEN
+            or conn is None
+            or self._write_paused
+            or self._lost
+            or self._app_closed
+            or self._held is not None
+            or conn.state is not _CONN_OPEN
+        ):
+            return False
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes")
+            if not isinstance(data, bytes):
+                return False
+        elif not isinstance(data, str):
+            return False
+        try:
+            if conn.compressing:
+                if isinstance(data, str):
+                    conn.send_text(data)
+                else:
+                    conn.send_bytes(data)
+            else:
+                cache = _FRAME_CACHE
+                if cache[0] is not data:
+                    cache[1] = encode_message(data)
+                    cache[0] = data
+                conn.send_encoded(cast(bytes, cache[1]))
+        except (UnicodeEncodeError, ConnectionClosedError):
+            return False
+        self.transport.write(conn.data_to_send())
+        return True
 
     async def send(self, message: Message) -> None:
         """The ASGI ``send``.

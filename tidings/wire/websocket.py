@@ -490,6 +490,11 @@ class WebSocketConnection:
         if self._state is not _OPEN:
             raise ConnectionClosedError(f"cannot send: the connection is {self._state.value}")
 
+    @property
+    def compressing(self) -> bool:
+        """Whether permessage-deflate was negotiated (messages may be compressed)."""
+        return self._deflate is not None
+
     def send_text(self, data: str) -> None:
         """Queue a text message (compressed if deflate is on and it is long enough).
 

@@ -1,0 +1,183 @@
+"""Group messages of type ``websocket.send``: straight from the layer to idle members'
+sockets, through the handler otherwise. Real server, real sockets, real consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.server._helpers import serve
+from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
+from tidings.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
+from tidings.layers import get_channel_layer
+from tidings.server import websocket as server_websocket
+
+GUARD = 10.0
+
+
+class Member(AsyncWebsocketConsumer):
+    """Joins "room"; counts how often its own handler forwarded a group message."""
+
+    handled: list[str] = []  # shared on purpose: every instance records here
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add("room", self.channel_name)  # type: ignore[union-attr]
+        await self.accept()
+        await self.send(text_data="joined")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data == "slow":
+            await asyncio.sleep(0.3)
+            await self.send(text_data="after slow work")
+
+    async def websocket_send(self, message: Message) -> None:
+        Member.handled.append(message.get("text") or "")
+        await super().websocket_send(message)
+
+
+class SyncMember(WebsocketConsumer):
+    def connect(self) -> None:
+        from asgiref.sync import async_to_sync
+
+        async_to_sync(self.channel_layer.group_add)("room", self.channel_name)  # type: ignore[union-attr]
+        self.accept()
+        self.send(text_data="joined")
+
+
+def wrapping_send(inner: ASGIApp) -> ASGIApp:
+    """A middleware that wraps ``send`` (as logging or metrics middleware might)."""
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        async def wrapped(message: Message) -> None:
+            await send(message)
+
+        await inner(scope, receive, wrapped)
+
+    return app
+
+
+@pytest.fixture(autouse=True)
+async def fresh_layer() -> AsyncIterator[None]:
+    Member.handled = []
+    layer = get_channel_layer()
+    assert layer is not None
+    await layer.flush()
+    yield
+    await layer.flush()
+
+
+async def join(port: int, n: int, **kwargs: Any) -> list[ClientConnection]:
+    clients = [await connect(f"ws://127.0.0.1:{port}/", **kwargs) for _ in range(n)]
+    for client in clients:
+        assert await asyncio.wait_for(client.recv(), GUARD) == "joined"
+    return clients
+
+
+async def test_idle_members_get_it_without_their_handler_running() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(Member.as_asgi()) as srv:
+        clients = await join(srv.port, 5, compression=None)
+        await asyncio.sleep(0.05)  # every consumer is back waiting for its next message
+        for n in range(3):
+            await layer.group_send("room", {"type": "websocket.send", "text": f"news {n}"})
+        for client in clients:
+            for n in range(3):
+                assert await asyncio.wait_for(client.recv(), GUARD) == f"news {n}"
+        await layer.group_send("room", {"type": "websocket.send", "bytes": b"\x00binary"})
+        for client in clients:
+            assert await asyncio.wait_for(client.recv(), GUARD) == b"\x00binary"
+        assert Member.handled == [], "idle members were served by the layer directly"
+        # The frame was encoded once and shared: the cache holds the last payload.
+        assert server_websocket._FRAME_CACHE[0] == b"\x00binary"
+        for client in clients:
+            await client.close()
+
+
+async def test_a_busy_member_gets_it_after_its_own_sends() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(Member.as_asgi()) as srv:
+        [client] = await join(srv.port, 1)
+        await client.send("slow")
+        await asyncio.sleep(0.05)  # the consumer is inside its slow handler
+        await layer.group_send("room", {"type": "websocket.send", "text": "broadcast"})
+        assert await asyncio.wait_for(client.recv(), GUARD) == "after slow work"
+        assert await asyncio.wait_for(client.recv(), GUARD) == "broadcast"
+        assert Member.handled == ["broadcast"], "queued, then forwarded by the handler"
+        await client.close()
+
+
+async def test_a_wrapped_send_disables_the_direct_path() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(wrapping_send(Member.as_asgi())) as srv:
+        [client] = await join(srv.port, 1)
+        await asyncio.sleep(0.05)
+        await layer.group_send("room", {"type": "websocket.send", "text": "via handler"})
+        assert await asyncio.wait_for(client.recv(), GUARD) == "via handler"
+        assert Member.handled == ["via handler"]
+        await client.close()
+
+
+async def test_sync_consumers_and_compressed_connections() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(SyncMember.as_asgi()) as srv:
+        plain = await join(srv.port, 2, compression=None)
+        deflated = await join(srv.port, 2)  # the websockets client offers permessage-deflate
+        await asyncio.sleep(0.05)
+        text = "compressible " * 50
+        await layer.group_send("room", {"type": "websocket.send", "text": text})
+        for client in plain + deflated:
+            assert await asyncio.wait_for(client.recv(), GUARD) == text
+        for client in plain + deflated:
+            await client.close()
+
+
+async def test_members_that_left_get_nothing_and_are_unregistered() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(Member.as_asgi()) as srv:
+        staying, leaving = await join(srv.port, 2)
+        await leaving.close()
+        await asyncio.sleep(0.1)
+        assert len(layer._direct) == 1  # type: ignore[attr-defined]
+        await layer.group_send("room", {"type": "websocket.send", "text": "still here"})
+        assert await asyncio.wait_for(staying.recv(), GUARD) == "still here"
+        await staying.close()
+        for _ in range(100):
+            if not layer._direct:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
+        assert layer._direct == {}  # type: ignore[attr-defined]
+
+
+async def test_send_nowait_refuses_what_only_send_may_handle() -> None:
+    results: list[bool] = []
+    done = asyncio.Event()
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        send_now = scope["tidings.send_nowait"]
+        await receive()
+        results.append(send_now({"type": "websocket.send", "text": "early"}))  # not accepted
+        await send({"type": "websocket.accept"})
+        results.append(send_now({"type": "websocket.send", "text": "now"}))
+        results.append(send_now({"type": "websocket.send", "bytes": b"raw"}))
+        results.append(send_now({"type": "websocket.send"}))  # nothing to send
+        results.append(send_now({"type": "websocket.send", "text": 5}))  # not a str
+        results.append(send_now({"type": "websocket.send", "text": "\ud800"}))  # lone surrogate
+        await send({"type": "websocket.close", "code": 1000})
+        results.append(send_now({"type": "websocket.send", "text": "after close"}))
+        done.set()
+        await receive()
+
+    async with serve(app) as srv, connect(f"ws://127.0.0.1:{srv.port}/") as client:
+        assert await asyncio.wait_for(client.recv(), GUARD) == "now"
+        assert await asyncio.wait_for(client.recv(), GUARD) == b"raw"
+        await asyncio.wait_for(done.wait(), GUARD)
+    assert results == [False, True, True, False, False, False, False]
