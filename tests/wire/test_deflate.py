@@ -289,3 +289,14 @@ def test_round_trip_both_directions(
 def test_module_all_names_exist() -> None:
     for name in deflate.__all__:
         assert hasattr(deflate, name), name
+
+
+def test_zlib_state_is_made_on_first_use_only() -> None:
+    # An idle connection that negotiated deflate must not pay for zlib's tables.
+    pmd = PerMessageDeflate()
+    assert not pmd.allocated
+    compressed = pmd.compress(b"hello " * 100)
+    assert pmd.allocated
+    peer = PerMessageDeflate()
+    assert peer.decompress(compressed, max_size=10_000) == b"hello " * 100
+    assert peer.allocated

@@ -30,6 +30,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tidings.wire.frames import CloseCode, ProtocolError
 from tidings.wire.handshake import ExtensionOffer
@@ -116,6 +117,7 @@ class PerMessageDeflate:
 
     __slots__ = (
         "_compressor",
+        "_compressor_args",
         "_decompressor",
         "_flush_mode",
         "_window_bits_in",
@@ -139,17 +141,30 @@ class PerMessageDeflate:
         self.client_no_context_takeover = client_no_context_takeover
         self.min_size = min_size
         # Negative wbits: a raw DEFLATE stream, no zlib header or checksum (§7.2.1).
-        self._compressor = zlib.compressobj(
-            compression_level, zlib.DEFLATED, -server_max_window_bits, memory_level
+        self._compressor_args = (
+            compression_level,
+            zlib.DEFLATED,
+            -server_max_window_bits,
+            memory_level,
         )
         self._flush_mode = zlib.Z_FULL_FLUSH if server_no_context_takeover else zlib.Z_SYNC_FLUSH
         self._window_bits_in = -max(9, client_max_window_bits)
-        self._decompressor = zlib.decompressobj(self._window_bits_in)
+        # Both zlib objects are made on first use: a compressor holds ~80 KiB of tables
+        # from the start, and most connections (idle ones, short messages) never need it.
+        self._compressor: Any = None
+        self._decompressor: Any = None
+
+    @property
+    def allocated(self) -> bool:
+        """Whether a zlib compressor or decompressor exists yet (they are made lazily)."""
+        return self._compressor is not None or self._decompressor is not None
 
     def compress(self, payload: bytes) -> bytes:
         """Compress one message payload (RFC 7692 §7.2.1); set RSV1 on its first frame."""
         compressor = self._compressor
-        data = compressor.compress(payload) + compressor.flush(self._flush_mode)
+        if compressor is None:
+            compressor = self._compressor = zlib.compressobj(*self._compressor_args)
+        data: bytes = compressor.compress(payload) + compressor.flush(self._flush_mode)
         # Both flush modes end with an empty stored block, 00 00 ff ff: strip it.
         return data[:-4]
 
@@ -163,9 +178,11 @@ class PerMessageDeflate:
                 either: the connection must be failed.
         """
         decompressor = self._decompressor
+        if decompressor is None:
+            decompressor = self._decompressor = zlib.decompressobj(self._window_bits_in)
         try:
             # max_length caps the output; anything beyond it stays in unconsumed_tail.
-            data = decompressor.decompress(payload + _FLUSH_TAIL, max_size + 1)
+            data: bytes = decompressor.decompress(payload + _FLUSH_TAIL, max_size + 1)
         except zlib.error:
             raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid compressed data")
         if len(data) > max_size or decompressor.unconsumed_tail:
@@ -174,7 +191,7 @@ class PerMessageDeflate:
             # A final block (BFINAL=1) ends the DEFLATE stream: the next message starts a
             # new one. (Without client context takeover we need not reset: a message
             # that references nothing before it inflates fine in a warm decompressor.)
-            self._decompressor = zlib.decompressobj(self._window_bits_in)
+            self._decompressor = None
         return data
 
 
