@@ -16,13 +16,16 @@ __all__ = ["main"]
 
 def _make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tidings", description="Tidings: an ASGI server and realtime stack for Django."
+        allow_abbrev=False,
+        prog="tidings",
+        description="Tidings: an ASGI server and realtime stack for Django.",
     )
     parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve_parser(sub)
     w = sub.add_parser(
         "worker",
+        allow_abbrev=False,
         help="run background consumers for named channels",
         description="Run the consumers of a ChannelNameRouter application for the given channels.",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 from tidings._types import ASGIReceive, ASGISend, Scope
@@ -71,6 +72,23 @@ async def slow_first(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None
     delay = float(scope["path"].strip("/") or 0)
     await asyncio.sleep(delay)
     body = scope["path"].encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def whoami(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    """Answers with this process's pid and the client as the scope has it (``pid host``)."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(float(scope["query_string"] or b"0"))
+    client = scope.get("client")
+    body = f"{os.getpid()} {client[0] if client else None}".encode()
     await send(
         {
             "type": "http.response.start",

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,9 @@ def _env() -> dict[str, str]:
 
 
 class Proc:
-    def __init__(self, args: list[str], log: Path, cwd: Path = ROOT) -> None:
+    def __init__(
+        self, args: list[str], log: Path, cwd: Path = ROOT, *, new_session: bool = False
+    ) -> None:
         self.log = log
         self._fh = log.open("wb")
         self.popen = subprocess.Popen(
@@ -39,6 +42,7 @@ class Proc:
             env=_env(),
             stdout=self._fh,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,  # its own process group, for killpg
         )
 
     @property
@@ -69,9 +73,13 @@ class Proc:
 
 @contextlib.contextmanager
 def tidings(
-    args: list[str], tmp_path: Path, *, ready: str = "Tidings serving on"
+    args: list[str],
+    tmp_path: Path,
+    *,
+    ready: str = "Tidings serving on",
+    new_session: bool = False,
 ) -> Iterator[Proc]:
-    proc = Proc(args, tmp_path / "server.log")
+    proc = Proc(args, tmp_path / "server.log", new_session=new_session)
     try:
         proc.wait_for_log(ready)
         yield proc
@@ -394,3 +402,94 @@ def test_backlog_reaches_listen(tmp_path: Path) -> None:
         ).stdout
     # For a listening socket, ss shows the backlog as Send-Q.
     assert out.split()[2] == "37", out
+
+
+def test_abbreviated_flags_are_refused() -> None:
+    # argparse would take --work for --workers; a typo must not silently mean something.
+    out = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "tests.server.apps:hello", "--work", "4"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "unrecognized arguments: --work" in out.stderr
+
+
+def _get(port: int, path: str = "/", timeout: float = 10) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout).text
+
+
+def test_a_signal_to_the_process_group_still_shuts_down_gracefully(tmp_path: Path) -> None:
+    # Ctrl-C and systemd's default KillMode signal every process of the group: each
+    # worker gets the signal directly and again from the supervisor. That must not
+    # cut the graceful shutdown short.
+    port = free_port()
+    with tidings(
+        ["serve", "tests.server.apps:whoami", "--port", str(port), "--workers", "2"],
+        tmp_path,
+        ready="started 2 workers",
+        new_session=True,
+    ) as proc:
+        proc.wait_for_log("Tidings serving on")
+        results: list[str] = []
+        slow = threading.Thread(target=lambda: results.append(_get(port, "/?1.5", 15)))
+        slow.start()
+        time.sleep(0.5)  # the request is inside the app
+        os.killpg(proc.popen.pid, signal.SIGTERM)
+        slow.join(20)
+        assert results and results[0].split()[1] == "127.0.0.1", proc.output
+        assert proc.popen.wait(20) == 0
+        assert "forcing" not in proc.output
+
+
+def test_sighup_replaces_the_workers_without_downtime(tmp_path: Path) -> None:
+    port = free_port()
+    with tidings(
+        ["serve", "tests.server.apps:whoami", "--port", str(port), "--workers", "2"],
+        tmp_path,
+        ready="started 2 workers",
+    ) as proc:
+        deadline = time.monotonic() + 15
+        while len(_children(proc.popen.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        old = _children(proc.popen.pid)
+        proc.wait_for_log("Tidings serving on")
+        slow: list[str] = []
+        in_flight = threading.Thread(target=lambda: slow.append(_get(port, "/?1.0", 15)))
+        in_flight.start()
+        time.sleep(0.3)
+        proc.popen.send_signal(signal.SIGHUP)
+        failures = 0
+        served_by: set[int] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                served_by.add(int(_get(port, timeout=5).split()[0]))
+            except httpx.HTTPError:
+                failures += 1
+            now = _children(proc.popen.pid)
+            if len(now) == 2 and not now & old and served_by - old:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"workers not replaced: {old} -> {now}\n{proc.output}")
+        in_flight.join(15)
+        assert slow and int(slow[0].split()[0]) in old, "the old worker finished its request"
+        assert failures == 0
+        assert "before SIGHUP) stopped" in proc.output or not any(
+            Path(f"/proc/{pid}").exists() for pid in old
+        )
+        assert proc.stop() == 0
+
+
+def test_proxy_headers_over_a_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "t.sock"
+    with tidings(
+        ["serve", "tests.server.apps:whoami", "--uds", str(path), "--proxy-headers"], tmp_path
+    ):
+        transport = httpx.HTTPTransport(uds=str(path))
+        with httpx.Client(transport=transport) as client:
+            r = client.get("http://localhost/", headers={"x-forwarded-for": "203.0.113.7"})
+    assert r.text.split()[1] == "203.0.113.7"

@@ -54,6 +54,7 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Add the ``serve`` subcommand and its options to a subparsers object."""
     s = sub.add_parser(
         "serve",
+        allow_abbrev=False,
         help="serve an ASGI application",
         description="Serve an ASGI 3 application over HTTP/1.1 and WebSocket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -319,7 +320,7 @@ def serve_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tidings.server.cli serve ...``: the server alone, without Django parts."""
-    parser = argparse.ArgumentParser(prog="tidings")
+    parser = argparse.ArgumentParser(prog="tidings", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve_parser(sub)

@@ -345,7 +345,9 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         client = self.client
         scheme = self.scheme
         proxy = self.state.proxy
-        if proxy is not None and client is not None and proxy.is_trusted(client[0]):
+        # A Unix-socket peer (client None) is local and chosen by file permissions:
+        # trusted like an allowed address when proxy headers are on.
+        if proxy is not None and (client is None or proxy.is_trusted(client[0])):
             if self._xfp is not None:
                 proto = self._xfp.decode("latin-1").split(",")[-1].strip().lower()
                 if proto in ("http", "https", "ws", "wss"):

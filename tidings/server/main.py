@@ -5,10 +5,12 @@ no ``--reload`` it serves in this process; otherwise it hands over to the
 supervisor in ``tidings.server.supervisor``, which forks processes that each
 end up in ``Server.serve`` on the sockets the supervisor bound.
 
-Shutdown (SIGTERM or SIGINT): stop accepting, close idle connections at once,
-let in-flight requests finish for up to ``--graceful-timeout`` seconds, then
-cancel what is left, run lifespan shutdown and exit 0. A second SIGINT exits
-at once.
+Shutdown (SIGTERM, SIGINT or SIGHUP): stop accepting, close idle connections
+at once, let in-flight requests finish for up to ``--graceful-timeout``
+seconds, then cancel what is left, run lifespan shutdown and exit 0. A second
+signal at least ``SIGNAL_DEBOUNCE`` seconds after the first exits at once; one
+sooner is the same stop arriving twice (a signal to the process group reaches
+a worker directly and through its supervisor) and is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 import socket
 import ssl
 import stat
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -46,6 +49,9 @@ logger = logging.getLogger("tidings.error")
 # Exit status when the app failed to import or lifespan startup failed; the
 # supervisor does not restart a worker that exits with it.
 EXIT_STARTUP_FAILED = 3
+
+#: Seconds within which a repeated stop signal counts as the same stop (see above).
+SIGNAL_DEBOUNCE = 1.0
 
 _SWEEP_INTERVAL = 1.0
 
@@ -279,11 +285,25 @@ def serve_in_process(
     if on_server is not None:
         on_server(server)
 
+    first_signal: list[float] = []
+
     def on_signal(signum: int) -> None:
-        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if first_signal and now - first_signal[0] < SIGNAL_DEBOUNCE:
+            # The same stop twice: a signal sent to the whole process group (Ctrl-C,
+            # systemd's default KillMode) reaches a worker directly and again through
+            # the supervisor. Only a deliberate second signal forces the exit.
+            logger.debug("received %s again within %.1f s: ignored", name, SIGNAL_DEBOUNCE)
+            return
+        if first_signal:
+            logger.warning("received %s again: forcing the shutdown", name)
+        else:
+            first_signal.append(now)
+            logger.info("received %s: shutting down", name)
         server.request_stop()
 
-    signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signal_handlers else ()
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:

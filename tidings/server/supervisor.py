@@ -7,6 +7,10 @@ A worker that dies is logged and replaced; one that exits with
 because restarting it would fail the same way. On SIGTERM/SIGINT the workers
 get SIGTERM and the graceful timeout; stragglers get SIGKILL.
 
+SIGHUP restarts the workers without downtime (deploying new code): a new set is
+started first, each importing the app afresh, then the old ones get SIGTERM and
+finish their requests within the graceful timeout while the new ones accept.
+
 With ``--reload`` the supervisor runs one worker and replaces it whenever a
 ``.py`` file under the watched directories changes (polled once a second).
 """
@@ -41,10 +45,16 @@ class Supervisor:
         self.stopping = False
         self.exit_status = 0
         self._restart_times: list[float] = []
+        self._restart_requested = False
+        # Workers of an earlier generation, stopping after SIGHUP: reaped, not replaced.
+        self._retiring: set[int] = set()
 
     def run(self) -> int:
         count = 1 if self.config.reload else self.config.workers
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {
+            s: signal.signal(s, self._on_signal)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
         try:
             for _ in range(count):
                 self._spawn()
@@ -61,6 +71,9 @@ class Supervisor:
                 self._reap()
                 if self._stopped():
                     break
+                if self._restart_requested:
+                    self._restart_requested = False
+                    self._rolling_restart(count)
                 while len(self.workers) < count and not self.stopping:
                     self._throttle()
                     self._spawn()
@@ -85,7 +98,23 @@ class Supervisor:
     def _watch_dirs(self) -> list[Path]:
         return [Path(d) for d in (self.config.reload_dirs or (os.getcwd(),))]
 
+    def _rolling_restart(self, count: int) -> None:
+        """Start ``count`` new workers, then stop the current ones gracefully."""
+        old = list(self.workers)
+        logger.info("SIGHUP: starting %d new worker%s, stopping %s", count,
+                    "" if count == 1 else "s", ", ".join(map(str, old)) or "none")  # fmt: skip
+        for _ in range(count):
+            self._spawn()
+        self._retiring.update(old)
+        for pid in old:
+            self.workers.pop(pid, None)
+            _kill(pid, signal.SIGTERM)
+
     def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            if not self.stopping and not self.config.reload:
+                self._restart_requested = True
+            return
         if self.stopping and signum == signal.SIGINT:
             for pid in list(self.workers):
                 _kill(pid, signal.SIGKILL)
@@ -96,7 +125,7 @@ class Supervisor:
         if pid == 0:  # the worker
             status = 1
             try:
-                for s in (signal.SIGTERM, signal.SIGINT):
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(s, signal.SIG_DFL)
                 from tidings.server.main import serve_in_process
 
@@ -112,14 +141,19 @@ class Supervisor:
     def _reap(self) -> None:
         from tidings.server.main import EXIT_STARTUP_FAILED
 
-        while self.workers:
+        while self.workers or self._retiring:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.workers.clear()
+                self._retiring.clear()
                 return
             if pid == 0:
                 return
+            if pid in self._retiring:
+                self._retiring.discard(pid)
+                logger.info("worker %d (before SIGHUP) stopped", pid)
+                continue
             self.workers.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
@@ -141,6 +175,8 @@ class Supervisor:
             time.sleep(1.0)
 
     def _stop_workers(self, timeout: float) -> None:
+        self.workers.update(dict.fromkeys(self._retiring, 0.0))
+        self._retiring.clear()
         for pid in list(self.workers):
             _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout + 1.0
