@@ -493,3 +493,36 @@ def test_proxy_headers_over_a_unix_socket(tmp_path: Path) -> None:
         with httpx.Client(transport=transport) as client:
             r = client.get("http://localhost/", headers={"x-forwarded-for": "203.0.113.7"})
     assert r.text.split()[1] == "203.0.113.7"
+
+
+def test_sighup_with_a_broken_release_keeps_the_running_workers(tmp_path: Path) -> None:
+    app_dir = tmp_path / "release"
+    app_dir.mkdir()
+    module = app_dir / "deployed.py"
+    module.write_text("from tests.server.apps import whoami as app\n")
+    port = free_port()
+    with tidings(
+        ["serve", "deployed:app", "--app-dir", str(app_dir), "--port", str(port),
+         "--workers", "2"],
+        tmp_path,
+        ready="started 2 workers",
+    ) as proc:  # fmt: skip
+        proc.wait_for_log("Tidings serving on")
+        before = _children(proc.popen.pid)
+        module.write_text("this is not python\n")
+        proc.popen.send_signal(signal.SIGHUP)
+        proc.wait_for_log("keeping the running workers")
+        for _ in range(10):
+            assert int(_get(port).split()[0]) in before
+        assert proc.popen.poll() is None, "the server kept running"
+        # The fixed release then rolls out.
+        module.write_text("from tests.server.apps import whoami as app\n")
+        proc.popen.send_signal(signal.SIGHUP)
+        proc.wait_for_log("new workers serving")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if not _children(proc.popen.pid) & before:
+                break
+            time.sleep(0.05)
+        assert int(_get(port).split()[0]) not in before
+        assert proc.stop() == 0

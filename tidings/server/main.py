@@ -150,6 +150,8 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self.started = False
+        #: Called once the server listens (the supervisor's readiness signal).
+        self.on_started: Callable[[], None] | None = None
 
     def request_stop(self) -> None:
         """Begin graceful shutdown; a second call during it cuts it short.
@@ -186,6 +188,8 @@ class Server:
             self._servers.append(server)
         self._log_listening(sockets)
         self.started = True
+        if self.on_started is not None:
+            self.on_started()
         sweeper = loop.create_task(self._sweep(state))
         try:
             await self._stop.wait()

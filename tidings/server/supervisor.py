@@ -8,8 +8,11 @@ because restarting it would fail the same way. On SIGTERM/SIGINT the workers
 get SIGTERM and the graceful timeout; stragglers get SIGKILL.
 
 SIGHUP restarts the workers without downtime (deploying new code): a new set is
-started first, each importing the app afresh, then the old ones get SIGTERM and
-finish their requests within the graceful timeout while the new ones accept.
+started first, each importing the app afresh; once every new worker serves (it
+says so through a pipe), the old ones get SIGTERM and finish their requests
+within the graceful timeout while the new ones accept. If a new worker fails to
+start (a broken release) or is not serving within ``READY_TIMEOUT``, the new
+ones are stopped and the running ones keep serving.
 
 With ``--reload`` the supervisor runs one worker and replaces it whenever a
 ``.py`` file under the watched directories changes (polled once a second).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -32,6 +36,10 @@ __all__ = ["Supervisor"]
 logger = logging.getLogger("tidings.error")
 
 _POLL = 0.2
+
+#: Seconds new workers get to start serving after SIGHUP (import, lifespan startup)
+#: before the rolling restart is abandoned and the running workers kept.
+READY_TIMEOUT = 60.0
 _SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache", ".tox"}
 
 
@@ -99,16 +107,62 @@ class Supervisor:
         return [Path(d) for d in (self.config.reload_dirs or (os.getcwd(),))]
 
     def _rolling_restart(self, count: int) -> None:
-        """Start ``count`` new workers, then stop the current ones gracefully."""
+        """Start ``count`` new workers; once all serve, stop the current ones gracefully.
+
+        If a new worker fails to start (a broken release), the new ones are stopped
+        and the running ones keep serving.
+        """
         old = list(self.workers)
-        logger.info("SIGHUP: starting %d new worker%s, stopping %s", count,
-                    "" if count == 1 else "s", ", ".join(map(str, old)) or "none")  # fmt: skip
-        for _ in range(count):
-            self._spawn()
-        self._retiring.update(old)
-        for pid in old:
-            self.workers.pop(pid, None)
-            _kill(pid, signal.SIGTERM)
+        logger.info("SIGHUP: starting %d new worker%s", count, "" if count == 1 else "s")
+        new = dict(self._spawn(ready_pipe=True) for _ in range(count))
+        failed = self._wait_ready(new)
+        if failed is not None:
+            logger.error(
+                "SIGHUP: new worker %d %s; keeping the running workers %s",
+                *failed,
+                ", ".join(map(str, old)),
+            )
+            self._retire(list(new))
+            return
+        logger.info("SIGHUP: new workers serving; stopping %s", ", ".join(map(str, old)))
+        self._retire(old)
+
+    def _retire(self, pids: list[int]) -> None:
+        """SIGTERM ``pids`` (if alive); they are reaped later without being replaced."""
+        for pid in pids:
+            if self.workers.pop(pid, None) is not None:
+                self._retiring.add(pid)
+                _kill(pid, signal.SIGTERM)
+
+    def _wait_ready(self, new: dict[int, int]) -> tuple[int, str] | None:
+        """Wait until every worker in ``new`` (pid -> read end of its ready pipe) serves.
+
+        Returns None when all are ready (or a stop signal came meanwhile), else the pid
+        of one that did not start and why.
+        """
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = dict(new)
+        try:
+            while waiting and not self.stopping:
+                for pid, fd in list(waiting.items()):
+                    readable, _, _ = select.select([fd], [], [], 0)
+                    if readable and os.read(fd, 1):
+                        del waiting[pid]
+                        continue
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done or readable:  # exited, or closed its pipe without serving
+                        if done:
+                            self.workers.pop(pid, None)
+                            code = os.waitstatus_to_exitcode(status)
+                            return pid, f"exited with status {code} before serving"
+                        return pid, "closed its readiness pipe before serving"
+                if time.monotonic() > deadline:
+                    return next(iter(waiting)), f"was not serving within {READY_TIMEOUT:.0f} s"
+                time.sleep(0.05)
+            return None
+        finally:
+            for fd in new.values():
+                os.close(fd)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -120,23 +174,40 @@ class Supervisor:
                 _kill(pid, signal.SIGKILL)
         self.stopping = True
 
-    def _spawn(self) -> None:
+    def _spawn(self, *, ready_pipe: bool = False) -> tuple[int, int]:
+        """Fork a worker; return its pid and (with ``ready_pipe``) the read end of a pipe
+        it writes one byte to once it serves (else -1)."""
+        read_fd, write_fd = os.pipe() if ready_pipe else (-1, -1)
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(s, signal.SIG_DFL)
-                from tidings.server.main import serve_in_process
+                from tidings.server.main import Server, serve_in_process
 
+                def announce(server: Server) -> None:
+                    def ready() -> None:
+                        os.write(write_fd, b"1")
+                        os.close(write_fd)
+
+                    server.on_started = ready
+
+                if ready_pipe:
+                    os.close(read_fd)
                 status = serve_in_process(
-                    self.config.replace(workers=1, reload=False), self.sockets
+                    self.config.replace(workers=1, reload=False),
+                    self.sockets,
+                    on_server=announce if ready_pipe else None,
                 )
             except BaseException:
                 logger.exception("worker %d crashed", os.getpid())
             finally:
                 os._exit(status)
+        if ready_pipe:
+            os.close(write_fd)
         self.workers[pid] = time.monotonic()
+        return pid, read_fd
 
     def _reap(self) -> None:
         from tidings.server.main import EXIT_STARTUP_FAILED
