@@ -131,3 +131,21 @@ def test_layers_never_import_the_server_or_consumers() -> None:
     for path in _files("layers"):
         for name in _imports(path):
             assert not name.startswith(forbidden), (path, name)
+
+
+def test_transports_sit_above_the_application_layer() -> None:
+    # tidings.transports may use routing, consumers, layers and wire; nothing below
+    # it (the server, the layers, the wire cores, the consumers) may import it.
+    for sub in ("server", "layers", "wire", "generic"):
+        for path in _files(sub):
+            for name in _imports(path):
+                assert not name.startswith("tidings.transports"), (path, name)
+    stdlib = sys.stdlib_module_names
+    for path in _files("transports"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            assert top in stdlib or top in {"__future__", "django", "asgiref", "tidings"}, (
+                path,
+                name,
+            )
+            assert not name.startswith(("tidings.server", "tidings.testing")), (path, name)

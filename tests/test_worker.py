@@ -8,6 +8,7 @@ command runs as a real subprocess for its exit codes and its signal handling
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -37,8 +38,16 @@ REPO = Path(__file__).resolve().parent.parent
 HOLDS: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
 
 
+_INSTANCES = itertools.count()
+
+
 class Jobs(AsyncConsumer):
     """Answers each ``job`` on the ``results`` channel."""
+
+    def __init__(self, **initkwargs: Any) -> None:
+        super().__init__(**initkwargs)
+        # Not id(self): a stopped instance's id can be reused by its replacement.
+        self.serial = next(_INSTANCES)
 
     async def job(self, message: Message) -> None:
         if message.get("fail"):
@@ -51,7 +60,7 @@ class Jobs(AsyncConsumer):
         assert self.channel_layer is not None
         await self.channel_layer.send(
             "results",
-            {"type": "result", "n": message["n"], "instance": id(self), "channel": self.scope},
+            {"type": "result", "n": message["n"], "instance": self.serial, "channel": self.scope},
         )
 
     async def job_stop(self, message: Message) -> None:

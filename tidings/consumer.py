@@ -37,6 +37,12 @@ synchronous and hops back to the event loop for each call. Handler lookup and
 message-type validation happen on the event loop, so a message without a
 handler costs no hop.
 
+``tidings.transports.TransportRouter`` runs consumers for sessions that
+outlive one connection (SSE, long-polling, resumable WebSockets): it puts a
+handle under :data:`TRANSPORT_SESSION_KEY` in the scope, and
+:class:`ConsumerApplication` then hands the instance to that handle instead
+of running it for the request (see ``docs/transports.md``).
+
 Handler names come from message types, so any public method whose name a
 message type can spell is reachable by whoever can send to the consumer's
 channel; the layer is trusted, clients never choose a layer message's type.
@@ -47,7 +53,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
@@ -61,6 +67,12 @@ from tidings.utils import MessageMux, MessageSource
 __all__ = ["AsyncConsumer", "ConsumerApplication", "SyncConsumer", "get_handler_name"]
 
 logger = logging.getLogger("tidings.consumer")
+
+#: Scope key of the session handle that ``tidings.transports.TransportRouter``
+#: puts in the scope of SSE, long-polling and session-WebSocket requests. A
+#: consumer application that finds it calls ``await handle.adopt(app, scope)``
+#: instead of running: the session manager runs the instance for the session.
+TRANSPORT_SESSION_KEY: Final = "tidings.transport_session"
 
 
 def get_handler_name(message: Message) -> str:
@@ -104,6 +116,16 @@ class ConsumerApplication:
         self.__module__ = consumer_class.__module__
 
     async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        handle = scope.get(TRANSPORT_SESSION_KEY)
+        if handle is not None:
+            # A session request of tidings.transports.TransportRouter: its session
+            # manager runs the instance, which outlives this one HTTP request.
+            await handle.adopt(self.run_instance, scope)
+            return
+        await self.run_instance(scope, receive, send)
+
+    async def run_instance(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        """Create a consumer instance and run it for ``scope``."""
         consumer = self.consumer_class(**self.consumer_initkwargs)
         await consumer(scope, receive, send)
 

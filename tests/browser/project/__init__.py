@@ -1,0 +1,1 @@
+"""The browser tests' Django project: consumers behind TransportRouter, and test pages."""

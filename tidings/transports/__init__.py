@@ -1,0 +1,27 @@
+"""Fallback transports: a WebSocket consumer also served over SSE and long-polling, with resume.
+
+Replace ``ProtocolTypeRouter`` by :class:`TransportRouter` in ``asgi.py``;
+``docs/transports.md`` describes what the consumer sees, the settings, and
+wire protocol version 1 (which ``tidings/static/tidings/tidings.js`` speaks).
+
+Modules:
+
+* ``router``: :class:`TransportRouter`, :func:`fallback`; session requests
+  through the ``"websocket"`` middleware stack; ``request``: parsing them;
+* ``manager``: the sessions of one process, session ids, users, limits;
+* ``session``: one session: consumer instance, inbox, resume buffer, attachment;
+* ``remote``: sessions of other processes, through the channel layer;
+* ``websocket``, ``sse``, ``longpoll``: the three transports (and the POSTs);
+* ``protocol``: the JSON envelopes of protocol v1; ``config``: the settings.
+
+This package is above the application layer: it imports routing, consumers,
+layers and ``tidings.wire``; nothing in ``tidings.server`` or
+``tidings.layers`` imports it.
+"""
+
+from __future__ import annotations
+
+from tidings.transports.config import TransportSettings
+from tidings.transports.router import TransportRouter, fallback
+
+__all__ = ["TransportRouter", "TransportSettings", "fallback"]

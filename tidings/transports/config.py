@@ -1,0 +1,103 @@
+"""The settings of the session transports: one frozen value object, checked once.
+
+Every limit has a named default with the reason for its value; the table in
+``docs/transports.md`` lists the same names. ``TransportRouter`` takes them as
+keyword arguments and builds a :class:`TransportSettings`, so a bad value
+fails when ``asgi.py`` is imported, naming the argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Final
+
+__all__ = [
+    "DEFAULT_BUFFER_BYTES",
+    "DEFAULT_BUFFER_MESSAGES",
+    "DEFAULT_MAX_POST_SIZE",
+    "DEFAULT_MAX_SESSIONS_PER_USER",
+    "DEFAULT_POLL_HOLD",
+    "DEFAULT_REMOTE_TIMEOUT",
+    "DEFAULT_RESUME_WINDOW",
+    "DEFAULT_SSE_HEARTBEAT",
+    "TransportSettings",
+]
+
+#: Seconds a session waits for its client: long enough for a mobile network
+#: hand-over or a page's reconnect backoff (Centrifugo's history TTL is of
+#: this order), short enough that abandoned consumers go away soon.
+DEFAULT_RESUME_WINDOW: Final = 30.0
+#: Unacknowledged messages kept per session (the browser test of issue 6 sends
+#: 1,000 across a cut connection; clients acknowledge at least every 100).
+DEFAULT_BUFFER_MESSAGES: Final = 1000
+#: Unacknowledged bytes (encoded envelopes) kept per session.
+DEFAULT_BUFFER_BYTES: Final = 1024 * 1024
+#: Body of one POST from the client; the WebSocket server's default message
+#: limit is also 1 MiB.
+DEFAULT_MAX_POST_SIZE: Final = 1024 * 1024
+#: Seconds a long-poll GET waits for a message: under the 30 s that many
+#: proxies and load balancers allow an idle response (SockJS uses 25 s too).
+DEFAULT_POLL_HOLD: Final = 25.0
+#: Seconds between comment lines on an idle SSE stream: below the 30-60 s idle
+#: timeouts of common proxies (nginx proxy_read_timeout is 60 s).
+DEFAULT_SSE_HEARTBEAT: Final = 15.0
+#: Open sessions per authenticated user in one process: a generous number of
+#: tabs, small enough that one account cannot exhaust the process.
+DEFAULT_MAX_SESSIONS_PER_USER: Final = 100
+#: Seconds a worker waits for the worker that owns a session to answer through
+#: the channel layer (a Redis round trip takes about a millisecond).
+DEFAULT_REMOTE_TIMEOUT: Final = 5.0
+
+# Upper bounds that catch unit mistakes (milliseconds given as seconds).
+_MAX_SECONDS: Final = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """Limits and timings of the session transports (see ``docs/transports.md``).
+
+    Raises:
+        TypeError: a value has the wrong type (the message names the argument).
+        ValueError: a value is out of range (the message names the argument).
+    """
+
+    resume_window: float = DEFAULT_RESUME_WINDOW
+    buffer_messages: int = DEFAULT_BUFFER_MESSAGES
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    max_post_size: int = DEFAULT_MAX_POST_SIZE
+    poll_hold: float = DEFAULT_POLL_HOLD
+    sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT
+    max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
+    remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
+    channel_layer_alias: str = "default"
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "channel_layer_alias":
+                if not isinstance(value, str) or not value:
+                    raise TypeError(
+                        f"TransportRouter(channel_layer_alias=...) must be a non-empty str, "
+                        f"not {value!r}"
+                    )
+            elif field.type == "int":
+                _check_int(field.name, value)
+            else:
+                _check_seconds(field.name, value)
+
+
+def _check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"TransportRouter({name}=...) must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"TransportRouter({name}=...) must be at least 1, not {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"TransportRouter({name}=...) must be a number of seconds, not {value!r}")
+    if not 0 < value <= _MAX_SECONDS:
+        raise ValueError(
+            f"TransportRouter({name}=...) must be more than 0 and at most "
+            f"{_MAX_SECONDS:g} seconds, not {value!r}"
+        )

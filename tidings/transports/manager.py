@@ -1,0 +1,323 @@
+"""The sessions of one process: ids, users, limits, and the way to other processes.
+
+Theory of operation
+-------------------
+A :class:`SessionManager` belongs to one ``TransportRouter`` in one event
+loop. It keeps this process's sessions by *token* (192 random bits from
+:mod:`secrets`, URL-safe base64) and gives each the id
+``"<token>.<port>"``, where the port is the manager's process-local channel
+of the channel layer. From a session id alone any process can tell which one
+owns the session.
+
+:meth:`SessionManager.open` serves the requests that attach a transport
+(``ws``, ``sse``, ``poll``): resume the session named by ``sid`` if it is
+this process's, its user is the requester's (``str(user.pk)``, ``None`` for
+anonymous on both sides) and the messages after ``last`` are still buffered;
+ask the owning process the same through the layer if it is another's; else
+open a new session (``resumed: false``), unless the user already has
+``max_sessions_per_user`` (429). :meth:`SessionManager.find` serves ``send``
+and ``close``: a :class:`Link` to the session, local or remote.
+
+With no channel layer (``CHANNEL_LAYERS = {}``) the port is a made-up name
+and sessions of other processes are unknown. A session of this process never
+costs a layer round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from tidings._types import ASGIApp, Scope
+from tidings.layers import get_channel_layer
+from tidings.transports.config import TransportSettings
+from tidings.transports.protocol import ClientMessage, open_envelope
+from tidings.transports.remote import RemoteHub, RemoteLink
+from tidings.transports.session import Attachment, Decision, Session
+
+__all__ = [
+    "DECISION_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "Link",
+    "LocalLink",
+    "Opening",
+    "SessionManager",
+    "parse_sid",
+]
+
+logger = logging.getLogger("tidings.transports")
+
+#: Seconds consumers get to handle their 1001 disconnect when the server stops.
+SHUTDOWN_GRACE: Final = 5.0
+#: Seconds a new session's consumer has to accept or refuse (the WebSocket
+#: server's default handshake timeout is 10 s too); then 503.
+DECISION_TIMEOUT: Final = 10.0
+
+ACCEPTED: Final = Decision(accepted=True)
+
+_TOKEN_BYTES: Final = 24  # 192 bits
+_SID_RE: Final = re.compile(r"([A-Za-z0-9_-]{32})\.([A-Za-z0-9._-]+![A-Za-z0-9._-]*)")
+_PORT_PREFIX: Final = "tidings-sessions"
+
+
+def parse_sid(sid: str) -> tuple[str, str] | None:
+    """Split a session id into ``(token, port)``; ``None`` if it is malformed."""
+    match = _SID_RE.fullmatch(sid) if len(sid) < 200 else None
+    return None if match is None else (match[1], match[2])
+
+
+class Link(Protocol):
+    """What ``send`` and ``close`` requests (and WebSocket frames) do to a session."""
+
+    async def push(self, messages: list[ClientMessage]) -> int | None:
+        """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown."""
+
+    async def ack(self, seq: int) -> None:
+        """Acknowledge envelopes up to ``seq``."""
+
+    async def close(self) -> bool:
+        """End the session; ``False`` if it is unknown."""
+
+
+class LocalLink:
+    """A :class:`Link` to a session of this process."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def push(self, messages: list[ClientMessage]) -> int | None:
+        """Queue messages for the consumer; ``cack``, or ``None`` if the session is gone."""
+        session = self.session
+        if session.gone:
+            return None
+        session.touch()
+        return await session.push(messages)
+
+    async def ack(self, seq: int) -> None:
+        """Acknowledge envelopes up to ``seq``."""
+        self.session.ack(seq)
+        self.session.touch()
+
+    async def close(self) -> bool:
+        """End the session; ``False`` if it is already gone."""
+        if self.session.gone:
+            return False
+        self.session.close_by_client()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """The outcome of :meth:`SessionManager.open`.
+
+    ``status`` is 200, or 429 (nothing else is set then). ``session`` is the
+    new session whose consumer has yet to decide, ``None`` on a resume.
+    """
+
+    status: int
+    sid: str = ""
+    resumed: bool = False
+    seq: int = 0
+    cack: int = 0
+    attachment: Attachment | None = None
+    link: Link | None = None
+    session: Session | None = None
+
+    async def decision(self) -> Decision:
+        """Wait for a new session's consumer to accept or refuse (at most ``DECISION_TIMEOUT``).
+
+        A resumed session was accepted long ago. A consumer that does not
+        decide in time loses its session (503).
+        """
+        session = self.session
+        if session is None:
+            return ACCEPTED
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return await asyncio.shield(session.decision)
+        except TimeoutError:
+            session.abandon()
+            return session.decision.result()
+
+    def envelope(self, transport: str) -> str:
+        """The open envelope for a connection of ``transport``."""
+        return open_envelope(
+            self.sid, seq=self.seq, resumed=self.resumed, cack=self.cack, transport=transport
+        )
+
+
+class SessionManager:
+    """This process's sessions for one router (see the module docstring)."""
+
+    def __init__(self, settings: TransportSettings, handle_key: str) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.port = ""
+        self.sessions: dict[str, Session] = {}
+        self._handle_key = handle_key
+        self._per_user: dict[str, int] = {}
+        self._counted: set[str] = set()
+        self._hub: RemoteHub | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._consumers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the port on the channel layer (once; concurrent callers wait).
+
+        Raises:
+            InvalidChannelLayerError: the channel layer setting is wrong (the
+                next request tries again).
+        """
+        if self._ready is None:
+            ready = self._ready = self.loop.create_future()
+            try:
+                layer = get_channel_layer(self.settings.channel_layer_alias)
+                if layer is None:
+                    self.port = f"{_PORT_PREFIX}.{secrets.token_hex(8)}!"
+                else:
+                    self.port = await layer.new_channel(_PORT_PREFIX)
+                    self._hub = RemoteHub(
+                        layer, self.port, timeout=self.settings.remote_timeout, sessions=self
+                    )
+                    self._hub.start()
+            except BaseException as exc:
+                self._ready = None
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: every waiting caller raises it
+                raise
+            ready.set_result(None)
+        await asyncio.shield(self._ready)
+
+    async def aclose(self) -> None:
+        """End every session (consumers get 1001) and stop the layer tasks."""
+        sessions = list(self.sessions.values())
+        if sessions:
+            logger.info("Ending %d transport sessions (server shutdown)", len(sessions))
+        await asyncio.gather(*(s.shutdown(SHUTDOWN_GRACE) for s in sessions))
+        # Consumers of sessions that already ended but never returned.
+        for task in list(self._consumers):
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        if self._hub is not None:
+            await self._hub.aclose()
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def lookup(self, token: str, user: str | None) -> Session | None:
+        """The live session of this process with ``token``, if ``user`` owns it."""
+        session = self.sessions.get(token)
+        if session is None or session.gone:
+            return None
+        if session.user_key != user:
+            logger.warning("Session %s was requested by another user; refused", session.label)
+            return None
+        return session
+
+    def find(self, sid: str, user: str | None) -> Link | None:
+        """A link to the session ``sid`` for ``send``/``close``; ``None`` if surely unknown."""
+        parsed = parse_sid(sid)
+        if parsed is None:
+            return None
+        token, port = parsed
+        if port == self.port:
+            session = self.lookup(token, user)
+            return None if session is None else LocalLink(session)
+        if self._hub is None:
+            return None
+        return RemoteLink(self._hub, port, token, user)
+
+    # -- opening --------------------------------------------------------------------------
+
+    async def open(
+        self,
+        *,
+        sid: str | None,
+        last: int,
+        app: ASGIApp,
+        scope: Scope,
+        user: str | None,
+    ) -> Opening:
+        """Resume ``sid`` from ``last`` or open a new session running ``app``."""
+        if sid is not None:
+            resumed = await self._resume(sid, last, user)
+            if resumed is not None:
+                return resumed
+            logger.info(
+                "Session %s could not be resumed (unknown, expired, another user's, or "
+                "past its buffer); opening a new one",
+                sid[:6],
+            )
+        return self._new(app, scope, user)
+
+    async def _resume(self, sid: str, last: int, user: str | None) -> Opening | None:
+        parsed = parse_sid(sid)
+        if parsed is None:
+            return None
+        token, port = parsed
+        if port == self.port:
+            session = self.lookup(token, user)
+            attachment = None if session is None else session.attach(last)
+            if session is None or attachment is None:
+                return None
+            return Opening(
+                200,
+                sid,
+                resumed=True,
+                seq=session.seq,
+                cack=session.cack,
+                attachment=attachment,
+                link=LocalLink(session),
+            )
+        if self._hub is None:
+            return None
+        remote = await self._hub.attach(port, token, user, last)
+        if remote is None:
+            return None
+        stream, seq, cack = remote
+        link = RemoteLink(self._hub, port, token, user)
+        return Opening(200, sid, resumed=True, seq=seq, cack=cack, attachment=stream, link=link)
+
+    def _new(self, app: ASGIApp, scope: Scope, user: str | None) -> Opening:
+        limit = self.settings.max_sessions_per_user
+        if user is not None and self._per_user.get(user, 0) >= limit:
+            logger.warning("User %s already has %d sessions in this process: 429", user, limit)
+            return Opening(429)
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        sid = f"{token}.{self.port}"
+        session = Session(token=token, sid=sid, user_key=user, settings=self.settings, owner=self)
+        self.sessions[token] = session
+        if user is not None:
+            self._per_user[user] = self._per_user.get(user, 0) + 1
+            self._counted.add(token)
+        consumer_scope = dict(scope)
+        consumer_scope.pop(self._handle_key, None)
+        session.start(app, consumer_scope)
+        assert session.task is not None
+        self._consumers.add(session.task)
+        session.task.add_done_callback(self._consumers.discard)
+        attachment = session.attach(0)
+        assert attachment is not None
+        logger.debug("Session %s opened over %s", session.label, scope.get("transport"))
+        return Opening(200, sid, attachment=attachment, link=LocalLink(session), session=session)
+
+    # -- told by sessions -----------------------------------------------------------------
+
+    def session_finished(self, session: Session) -> None:
+        """A session's consumer is done with it: it no longer counts for its user."""
+        if session.token in self._counted and session.user_key is not None:
+            self._counted.discard(session.token)
+            left = self._per_user.get(session.user_key, 1) - 1
+            if left:
+                self._per_user[session.user_key] = left
+            else:
+                self._per_user.pop(session.user_key, None)
+
+    def session_gone(self, session: Session) -> None:
+        """A session was removed."""
+        self.session_finished(session)
+        if self.sessions.get(session.token) is session:
+            del self.sessions[session.token]

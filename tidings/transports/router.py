@@ -1,0 +1,342 @@
+"""``TransportRouter``: a ``ProtocolTypeRouter`` that also serves session requests.
+
+Theory of operation
+-------------------
+A request whose query carries ``tidings`` is a *session request* (wire
+protocol v1, ``docs/transports.md``): ``ws`` on a WebSocket handshake,
+``sse``/``poll`` on GET, ``send``/``close`` on POST. Every other request goes
+to the inner router unchanged, so a plain WebSocket reaches its consumer as
+before.
+
+For a session request the router builds a WebSocket scope (same path, headers
+and client, the ``tidings`` parameters removed from the query string,
+``subprotocols: []``, ``transport`` naming the transport) holding a
+:class:`SessionHandle`, and runs the ``"websocket"`` application with it:
+origin check, cookies, session, auth and URL routing all apply to every
+session request. At the bottom, ``ConsumerApplication`` (or :func:`fallback`
+around a plain ASGI application) finds the handle and calls
+:meth:`SessionHandle.adopt` instead of running; that is where the session
+manager resumes a session or starts the consumer of a new one (inside the
+middleware's context). Anything the stack does instead is a refusal:
+``websocket.close`` or returning is 403, a ``websocket.http.response`` is
+passed on, an exception is 500, accepting by itself means the route does not
+support sessions (501). Then the transport module serves the request with the
+real ``receive``/``send``.
+
+An HTTP GET without ``Origin`` (a same-origin ``EventSource`` or ``fetch``
+sends none) gets ``Origin`` built from ``Host`` so that origin validators
+accept it, unless ``Sec-Fetch-Site`` says the request is not same-origin:
+then it is refused (403) before the stack runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from asgiref.compatibility import guarantee_single_callable
+from django.core.exceptions import ImproperlyConfigured
+
+from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
+from tidings.consumer import TRANSPORT_SESSION_KEY
+from tidings.routing import ProtocolTypeRouter
+from tidings.transports import _http, longpoll, sse, websocket
+from tidings.transports.config import TransportSettings
+from tidings.transports.manager import Opening, SessionManager
+from tidings.transports.protocol import TRANSPORT_NAMES
+from tidings.transports.request import (
+    BadRequest,
+    SessionRequest,
+    cross_site_without_origin,
+    parse_request,
+    session_scope,
+    user_key,
+)
+
+__all__ = ["SessionHandle", "TransportRouter", "fallback"]
+
+logger = logging.getLogger("tidings.transports")
+
+#: Seconds the stack gets to return after a handle was adopted or a refusal sent.
+_STACK_EXIT: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Adopted:
+    user: str | None
+    opening: Opening | None
+
+
+class SessionHandle:
+    """What a session request carries down the stack (``scope[TRANSPORT_SESSION_KEY]``)."""
+
+    def __init__(self, router: TransportRouter, request: SessionRequest) -> None:
+        self._router = router
+        self._request = request
+        self.outcome: asyncio.Future[_Adopted] = asyncio.get_running_loop().create_future()
+
+    async def adopt(self, app: ASGIApp, scope: Scope) -> None:
+        """Take over the request at the bottom of the stack, with its final ``scope``.
+
+        For ``ws``, ``sse`` and ``poll`` this resumes the session or starts
+        ``app`` (one consumer instance) for a new one, inside the caller's
+        context; ``send`` and ``close`` only need the user.
+
+        Raises:
+            RuntimeError: the handle was adopted before (two session-capable
+                applications nested).
+        """
+        if self.outcome.done():
+            raise RuntimeError("a session request was adopted twice")
+        user = user_key(scope)
+        request = self._request
+        opening = None
+        try:
+            if request.action in TRANSPORT_NAMES:
+                manager = await self._router._manager()
+                opening = await manager.open(
+                    sid=request.sid, last=request.last, app=app, scope=scope, user=user
+                )
+        except BaseException as exc:
+            if not self.outcome.done():
+                self.outcome.set_exception(exc)
+                self.outcome.exception()
+            raise
+        self.outcome.set_result(_Adopted(user, opening))
+
+
+class fallback:
+    """Make a plain ASGI WebSocket application reachable over the session transports.
+
+    ``Consumer.as_asgi()`` applications support sessions by themselves; wrap
+    anything else: ``path("ws/feed/", fallback(feed_app))``.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application: ASGIApp = guarantee_single_callable(application)  # type: ignore[no-untyped-call]
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        handle = scope.get(TRANSPORT_SESSION_KEY)
+        if handle is not None:
+            await handle.adopt(self.application, scope)
+            return
+        await self.application(scope, receive, send)
+
+
+class TransportRouter(ProtocolTypeRouter):
+    """A :class:`~tidings.routing.ProtocolTypeRouter` that also serves SSE and long-polling.
+
+    Args:
+        application_mapping: as for ``ProtocolTypeRouter``; needs ``"websocket"``.
+        resume_window, buffer_messages, buffer_bytes, max_post_size, poll_hold,
+        sse_heartbeat, max_sessions_per_user, remote_timeout, channel_layer_alias:
+            the settings of :class:`~tidings.transports.config.TransportSettings`.
+
+    Raises:
+        ImproperlyConfigured: no ``"websocket"`` application.
+        TypeError, ValueError: a setting is malformed (the message names it).
+    """
+
+    def __init__(self, application_mapping: Mapping[str, Any], **settings: Any) -> None:
+        super().__init__(application_mapping)
+        if "websocket" not in self._routes:
+            raise ImproperlyConfigured("TransportRouter needs a 'websocket' application.")
+        try:
+            self.settings = TransportSettings(**settings)
+        except TypeError as exc:
+            if "unexpected keyword" in str(exc):
+                raise TypeError(f"TransportRouter got an unknown setting: {exc}") from None
+            raise
+        self._managers: SessionManager | None = None
+
+    async def _manager(self) -> SessionManager:
+        manager = self._managers
+        if manager is None or manager.loop is not asyncio.get_running_loop():
+            manager = self._managers = SessionManager(self.settings, TRANSPORT_SESSION_KEY)
+        await manager.start()
+        return manager
+
+    async def aclose(self) -> None:
+        """End every session of this process (consumers get 1001); for shutdown and tests."""
+        manager = self._managers
+        if manager is not None and manager.loop is asyncio.get_running_loop():
+            self._managers = None
+            await manager.aclose()
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        scope_type = scope.get("type")
+        if scope_type in ("http", "websocket"):
+            try:
+                request = parse_request(scope)
+            except BadRequest as exc:
+                if scope_type == "websocket":
+                    await receive()
+                await _http.deny(scope, send, exc.status, exc.reason)
+                return
+            if request is not None:
+                await self._session_request(request, scope, receive, send)
+                return
+        elif scope_type == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        async def receive_and_close() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.aclose()
+            return message
+
+        if "lifespan" in self._routes:
+            await self._routes["lifespan"](scope, receive_and_close, send)
+            return
+        while True:
+            message = await receive_and_close()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _session_request(
+        self, request: SessionRequest, scope: Scope, receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        if scope["type"] == "websocket":
+            if (await receive())["type"] != "websocket.connect":
+                return
+        elif cross_site_without_origin(scope):
+            logger.info("Refused %s session request without Origin", scope.get("path", ""))
+            await _http.deny(scope, send, 403, "cross-site request without Origin")
+            return
+        handle = SessionHandle(self, request)
+        adopted = await self._run_stack(
+            session_scope(scope, request, handle, TRANSPORT_SESSION_KEY), handle, scope, send
+        )
+        if adopted is None:
+            return
+        try:
+            await self._serve(request, adopted, scope, receive, send)
+        except _http.ClientGone:
+            pass
+
+    async def _serve(
+        self,
+        request: SessionRequest,
+        adopted: _Adopted,
+        scope: Scope,
+        receive: ASGIReceive,
+        send: ASGISend,
+    ) -> None:
+        action = request.action
+        if action in ("send", "close"):
+            manager = await self._manager()
+            if action == "send":
+                await longpoll.serve_send(
+                    request.sid, adopted.user, manager, self.settings, scope, receive, send
+                )
+            else:
+                await longpoll.serve_close(request.sid, adopted.user, manager, send)
+            return
+        opening = adopted.opening
+        assert opening is not None
+        if opening.status != 200:
+            await _http.deny(scope, send, opening.status, "too many sessions for this user")
+        elif action == "ws":
+            await websocket.serve(opening, receive, send, scope)
+        elif action == "sse":
+            await sse.serve(opening, receive, send, scope, self.settings)
+        else:
+            await longpoll.serve_poll(opening, receive, send, scope, self.settings)
+
+    async def _run_stack(
+        self, inner_scope: Scope, handle: SessionHandle, scope: Scope, send: ASGISend
+    ) -> _Adopted | None:
+        """Run the ``"websocket"`` stack with ``handle``; the adoption, or ``None`` if refused."""
+        refusal: asyncio.Future[_Refusal] = asyncio.get_running_loop().create_future()
+        denial: list[Message] = []
+        over = asyncio.Event()
+        connected = False
+
+        async def stack_receive() -> Message:
+            nonlocal connected
+            if not connected:
+                connected = True
+                return {"type": "websocket.connect"}
+            await over.wait()
+            return {"type": "websocket.disconnect", "code": 1006}
+
+        async def stack_send(message: Message) -> None:
+            mtype = message["type"]
+            if refusal.done() or handle.outcome.done():
+                return
+            if mtype == "websocket.http.response.start":
+                denial.append(message)
+            elif mtype == "websocket.http.response.body" and denial:
+                denial.append(message)
+                if not message.get("more_body"):
+                    refusal.set_result(_Refusal.from_denial(denial))
+            elif mtype == "websocket.accept":
+                logger.error(
+                    "%s accepted a session request itself: wrap plain ASGI applications "
+                    "with tidings.transports.fallback()",
+                    inner_scope.get("path", ""),
+                )
+                refusal.set_result(_Refusal(501, reason="this route does not support sessions"))
+            else:  # websocket.close, or anything else before deciding
+                refusal.set_result(_Refusal(403))
+
+        app = self._routes["websocket"]
+        stack: Coroutine[Any, Any, None] = app(inner_scope, stack_receive, stack_send)  # type: ignore[assignment]
+        task = asyncio.get_running_loop().create_task(stack)
+        waiters: list[asyncio.Future[Any]] = [task, refusal, handle.outcome]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        over.set()
+        if not task.done():
+            await asyncio.wait([task], timeout=_STACK_EXIT)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.error("Exception in the websocket stack of a session request", exc_info=error)
+        outcome = handle.outcome
+        if outcome.done():
+            if outcome.exception() is None:
+                return outcome.result()
+            if error is None:
+                logger.error("Session manager failed", exc_info=outcome.exception())
+            await _http.deny(scope, send, 500, "internal error")
+        elif refusal.done():
+            result = refusal.result()
+            if result.status == 403 and result.body is None:
+                logger.info("Session request to %s refused", scope.get("path", ""))
+            await _http.deny(
+                scope, send, result.status, result.reason, headers=result.headers, body=result.body
+            )
+        elif error is not None:
+            await _http.deny(scope, send, 500, "internal error")
+        else:
+            logger.info("Session request to %s refused (no answer)", scope.get("path", ""))
+            await _http.deny(scope, send, 403, "refused")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """How the stack refused a session request."""
+
+    status: int
+    reason: str = "refused"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | None = None
+
+    @classmethod
+    def from_denial(cls, messages: list[Message]) -> _Refusal:
+        start = messages[0]
+        body = b"".join(bytes(m.get("body", b"")) for m in messages[1:])
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers") or ()]
+        return cls(int(start["status"]), headers=headers, body=body)
