@@ -1,7 +1,14 @@
-"""Shared benchmark plumbing: the peers' venv, free ports, pinned processes."""
+"""Shared benchmark plumbing: the peers' venv, free ports, pinned processes, result files.
+
+Every benchmark writes ``results/<name>.json`` through :func:`write_results`, starting
+with :func:`result_header` (name, UTC date, machine); ``./scripts/bench --plot``
+(``_plot.py``) reads those files and stamps the date and machine on the chart.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import shutil
 import signal
@@ -10,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_VENV = ROOT / "benchmarks" / ".venv-peers"
@@ -87,3 +95,20 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def result_header(benchmark: str) -> dict[str, Any]:
+    """The first fields of every result file: the benchmark's name, the UTC date, the machine."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+
+
+def write_results(payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (which starts with ``result_header``) to ``results/<benchmark>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{payload['benchmark']}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

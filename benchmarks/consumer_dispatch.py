@@ -15,7 +15,6 @@ from PyPI), each in its own process pinned to CPU 0.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import RESULTS, ROOT, machine, peers_python, pinned
+from _peers import ROOT, peers_python, pinned, result_header, write_results
 
 # Runs inside each venv; PREFIX is "tidings" or "channels".
 MEASURE = r"""
@@ -153,16 +152,13 @@ def main() -> int:
                 f"channels {c:8.2f} ms, {c / t:6.1f}x faster"
             )
     out = {
-        "benchmark": "consumer_dispatch",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **result_header("consumer_dispatch"),
         "method": f"{args.messages} echo round trips; group_send median of 5 per size; "
         f"median of {args.rounds} alternating rounds; each side pinned to CPU 0",
         "results": summary,
         "rounds": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "consumer_dispatch.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results(out)
     return 0
 
 

@@ -13,8 +13,6 @@ The peers are installed from PyPI into ``benchmarks/.venv-peers`` on first use.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
 import shutil
 import statistics
@@ -25,14 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _peers import (
-    RESULTS,
     ROOT,
     free_port,
-    machine,
     peers_python,
     pinned,
+    result_header,
     stop,
     wait_port,
+    write_results,
 )
 
 LOADS = {"hello": "/", "64k": "/", "stream-1m": "/"}
@@ -180,16 +178,13 @@ def main() -> int:
             ratio = f"{base / rps:.2f}x" if base and name != "tidings" else ""
             print(f"{load:10}{name:10}{rps:12.0f}{summary[load][name]['p99_ms']:10.2f}{ratio:>12}")
     out = {
-        "benchmark": "http_hello",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **result_header("http_hello"),
         "method": f"wrk -t1 -c64 -d{args.duration}s, server on CPU 0, wrk on CPU 1, "
         f"median of {args.rounds} alternating rounds, access logs off",
         "results": summary,
         "rounds": raw,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "http_hello.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results(out)
     return 0
 
 

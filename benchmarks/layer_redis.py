@@ -23,7 +23,6 @@ script starts its own redis-server on a free port and stops it by PID.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -37,7 +36,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import RESULTS, ROOT, free_port, machine, peers_python, stop, wait_port
+from _peers import (
+    ROOT,
+    free_port,
+    peers_python,
+    result_header,
+    stop,
+    wait_port,
+    write_results,
+)
 
 PEER_PACKAGES = ["channels", "channels-redis"]
 IMPLS = ("tidings", "channels_redis", "channels_redis_pubsub")
@@ -231,9 +238,7 @@ def main() -> None:
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     results: dict[str, Any] = {
-        "benchmark": "layer_redis",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **result_header("layer_redis"),
         "throughput": {},
         "group_send": {},
     }
@@ -294,9 +299,7 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"ratio {name:55} {value:8.2f}x")
     if not options.smoke:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        target = RESULTS / "layer_redis.json"
-        target.write_text(json.dumps(results, indent=2) + "\n")
+        target = write_results(results)
         print(f"wrote {target.relative_to(ROOT)}")
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import resource
@@ -46,15 +45,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _peers import (  # noqa: E402
-    RESULTS,
     ROOT,
     free_port,
-    machine,
     peers_python,
     pinned,
+    result_header,
     rss_kib,
     stop,
     wait_port,
+    write_results,
 )
 
 PEER_PACKAGES = ["uvicorn[standard]", "websockets", "granian"]
@@ -511,11 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             f"tidings vs {peer} (>1: tidings better): "
             + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items())
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "benchmark": "ws_echo",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **result_header("ws_echo"),
         "method": "server pinned to CPU 0, raw asyncio client pinned to CPU 1; "
         f"(a)/(b) 100 connections ping-ponging for {ns.duration:g} s, (c) 1 connection, "
         f"(d) {ns.idle} idle connections; median of {ns.rounds} alternating rounds",
@@ -523,8 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "rounds": rounds,
     }
-    out = RESULTS / "ws_echo.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out = write_results(payload)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

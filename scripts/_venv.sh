@@ -39,6 +39,7 @@ ensure_venv() {
             .venv/bin/python -m pip install -q --disable-pip-version-check -e . >&2
         fi
         # A dev install also satisfies a plain one.
-        { echo "$want"; [ "$extras" = dev ] && echo "${want%-dev}-base"; } >"$stamp"
+        echo "$want" >"$stamp"
+        if [ "$extras" = dev ]; then echo "${want%-dev}-base" >>"$stamp"; fi
     fi
 }

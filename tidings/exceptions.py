@@ -16,6 +16,8 @@ Errors::
      +-- ChannelFull              a channel is at capacity (``send``)
      +-- MessageTooLarge          a message exceeds a size limit
      +-- InvalidChannelLayerError (also a ValueError) bad CHANNEL_LAYERS config
+     +-- ChannelLayerUnavailable  the layer's backing service can't be reached
+     |    +-- RedisUnavailable    (tidings.layers.redis) Redis down or pool exhausted
      +-- RequestAborted           the client went away mid-request
           +-- RequestTimeout      the client was too slow sending the body
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "AcceptConnection",
     "ChannelFull",
+    "ChannelLayerUnavailable",
     "ConsumerSignal",
     "DenyConnection",
     "InvalidChannelLayerError",
@@ -69,6 +72,15 @@ class MessageTooLarge(TidingsError):
 
 class InvalidChannelLayerError(TidingsError, ValueError):
     """``CHANNEL_LAYERS`` names a backend or option that cannot be used."""
+
+
+class ChannelLayerUnavailable(TidingsError):
+    """The channel layer cannot reach the service it runs on (e.g. Redis); try again later.
+
+    Raised by a layer call that could not be carried out; whether the message
+    went anywhere is said by each backend's call (see ``RedisUnavailable``).
+    Catch this rather than a backend's subclass to stay backend-neutral.
+    """
 
 
 class RequestAborted(TidingsError):

@@ -8,7 +8,6 @@ always stopped by PID. Every layer gets a key prefix of its own.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import random
@@ -29,8 +28,10 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import override_settings
 from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
 
-from tidings.exceptions import ChannelFull, InvalidChannelLayerError
+from tidings import exceptions
+from tidings.exceptions import ChannelFull, ChannelLayerUnavailable, InvalidChannelLayerError
 from tidings.layers import channel_layers, get_channel_layer
 from tidings.layers import redis as redis_layer
 from tidings.layers._redis_hosts import jump_hash, parse_hosts
@@ -79,26 +80,28 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self) -> list[str]:
+        """The command line that starts this server (a subclass may start a sentinel)."""
+        return [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
+            *self.extra,
+        ]
+
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                str(self.directory / "redis.log"),
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + GUARD
         while time.monotonic() < deadline:
@@ -593,6 +596,8 @@ async def test_redis_restart_mid_traffic(
         await sender.send("jobs", {"type": "lost"})
     with pytest.raises(RedisUnavailable):
         await sender.receive("jobs")
+    with pytest.raises(ChannelLayerUnavailable):  # what backend-neutral code catches
+        await sender.group_add("room", "audit.log")
 
     async def lost_logged() -> bool:
         return any("unreachable" in record.message for record in caplog.records)
@@ -641,6 +646,32 @@ async def test_lost_data_without_a_disconnect_is_noticed(
             return False
 
     await wait_until(delivered, "the owner registers its membership again")
+
+
+async def test_a_redis_user_without_info_is_enough(
+    servers: Callable[..., RedisServer],
+    make_layer: Callable[..., RedisChannelLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # INFO (which tells the receive loop which server it reads) is @dangerous in Redis
+    # ACLs; a user without it must still get every message.
+    server = servers()
+    cli(server, "ACL", "SETUSER", "layer", "on", ">pw", "~*", "&*", "+@all", "-info")
+    hosts = [{"address": server.url, "username": "layer", "password": "pw"}]
+    owner, sender = make_layer(hosts=hosts), make_layer(hosts=hosts)
+    channel = await owner.new_channel()
+    await owner.group_add("room", channel)
+    await sender.group_send("room", {"type": "room.message"})
+    assert await receive(owner, channel) == {"type": "room.message"}
+    await sender.send(channel, {"type": "direct"})
+    assert await receive(owner, channel) == {"type": "direct"}
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    client = Redis.from_url(server.url, username="layer", password="pw")
+    try:
+        with pytest.raises(NoPermissionError):
+            await client.info("server")
+    finally:
+        await client.aclose()
 
 
 # -- scale out ------------------------------------------------------------------------------
@@ -818,17 +849,6 @@ def test_bad_options(options: dict[str, Any], error: str) -> None:
         RedisChannelLayer(**options)
 
 
-def test_encryption_needs_cryptography() -> None:
-    try:
-        importlib.import_module("cryptography")
-    except ImportError:
-        with pytest.raises(InvalidChannelLayerError, match="symmetric_encryption_keys"):
-            RedisChannelLayer(symmetric_encryption_keys=["secret"])
-    else:
-        layer = RedisChannelLayer(symmetric_encryption_keys=["secret"])
-        assert layer._codec.encrypted
-
-
 async def test_json_serializer(make_layer: Callable[..., RedisChannelLayer]) -> None:
     sender, owner = make_layer(serializer_format="json"), make_layer(serializer_format="json")
     channel = await owner.new_channel()
@@ -836,6 +856,14 @@ async def test_json_serializer(make_layer: Callable[..., RedisChannelLayer]) -> 
     assert await receive(owner, channel) == {"type": "m", "list": [1, "two"], "map": {"k": None}}
     with pytest.raises(TypeError):
         await sender.send(channel, {"type": "m", "bytes": b"no"})
+
+
+def test_redis_unavailable_is_a_channel_layer_unavailable() -> None:
+    assert issubclass(RedisUnavailable, ChannelLayerUnavailable)
+    assert issubclass(ChannelLayerUnavailable, exceptions.TidingsError)
+    assert "ChannelLayerUnavailable" in exceptions.__all__
+    assert "RedisUnavailable" in redis_layer.__all__
+    assert "RedisUnavailable" in (exceptions.__doc__ or "")
 
 
 def test_node_ids_and_channel_names() -> None:

@@ -1,17 +1,23 @@
 """How the Redis channel layer turns messages into bytes and back.
 
 Two steps, kept apart because they run in different places: ``dumps`` and
-``loads`` serialize (msgpack by default, JSON on request), ``seal`` and
-``open`` encrypt and decrypt the serialized bytes when
-``symmetric_encryption_keys`` is set. Messages delivered inside one process
-are serialized and read back too (so they behave exactly as they would
-across processes: tuples become lists, unserializable values fail at
-``send``), but never encrypted.
+``loads`` serialize (msgpack by default, JSON on request); ``seal``
+encrypts the serialized bytes when ``symmetric_encryption_keys`` is set,
+and ``read`` undoes both for what comes out of Redis. Messages delivered
+inside one process are serialized and read back too (so they behave
+exactly as they would across processes: tuples become lists,
+unserializable values fail at ``send``), but never encrypted.
 
 Encryption uses Fernet (AES-128-CBC with HMAC-SHA256) from the optional
-``cryptography`` package, imported only when keys are given. Each key is
-stretched to a Fernet key with SHA-256; the first key encrypts, all keys
-decrypt, so keys can be rotated by putting the new one first.
+``cryptography`` package (the ``encryption`` extra), imported only when
+keys are given. Each key is stretched to a Fernet key with SHA-256, as
+channels_redis does; the first key encrypts, all keys decrypt, so keys can
+be rotated by putting the new one first. Only payloads are encrypted:
+channel and group names stay readable in Redis, as they must for routing.
+
+``read`` raises :class:`UnreadableMessage` for bytes it cannot decrypt or
+parse (a process with other keys or another ``serializer_format``); the
+layer logs and drops such a message, and carries on.
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ import msgpack
 from tidings.exceptions import InvalidChannelLayerError
 from tidings.layers.base import Message
 
-__all__ = ["SERIALIZER_FORMATS", "Codec"]
+__all__ = ["SERIALIZER_FORMATS", "Codec", "UnreadableMessage"]
 
 SERIALIZER_FORMATS: Final = ("msgpack", "json")
 """Accepted values of ``serializer_format``; msgpack carries ``bytes``, JSON does not."""
+
+
+class UnreadableMessage(ValueError):
+    """Bytes from Redis that are not a message this codec wrote (other keys or format)."""
 
 
 class Codec:
@@ -42,7 +52,7 @@ class Codec:
         keys: ``symmetric_encryption_keys``; ``None`` or empty for none.
 
     Raises:
-        ValueError: unknown format, or ``keys`` is a single key rather than a list.
+        ValueError: unknown format, or ``keys`` is not a list of non-empty keys.
         InvalidChannelLayerError: keys are given but ``cryptography`` is not installed.
     """
 
@@ -52,7 +62,10 @@ class Codec:
                 f"serializer_format must be 'msgpack' or 'json', not {serializer_format!r}"
             )
         self.format = serializer_format
-        self._crypter: Any = _make_crypter(keys) if keys else None
+        self._crypter: Any = None
+        self._invalid_token: type[Exception] = Exception
+        if keys:
+            self._crypter, self._invalid_token = _make_crypter(keys)
 
     @property
     def encrypted(self) -> bool:
@@ -85,27 +98,53 @@ class Codec:
         sealed: bytes = self._crypter.encrypt(data)
         return sealed
 
-    def open(self, data: bytes) -> bytes:
-        """Decrypt what ``seal`` made (unchanged without keys)."""
-        if self._crypter is None:
-            return data
-        opened: bytes = self._crypter.decrypt(data)
-        return opened
+    def read(self, data: bytes) -> Message:
+        """Decrypt (with keys) and deserialize what ``seal(dumps(message))`` made.
+
+        Raises:
+            UnreadableMessage: no key decrypts ``data``, or it is not a message
+                in this format.
+        """
+        if self._crypter is not None:
+            try:
+                data = self._crypter.decrypt(data)
+            except self._invalid_token:
+                raise UnreadableMessage(
+                    "it could not be decrypted with any of symmetric_encryption_keys"
+                ) from None
+        try:
+            message = self.loads(data)
+        except Exception as exc:  # msgpack's and json's many errors, bad UTF-8...
+            raise UnreadableMessage(
+                f"it is not a {self.format} message ({type(exc).__name__}); do all "
+                "processes use the same serializer_format and symmetric_encryption_keys?"
+            ) from None
+        if not isinstance(message, dict):
+            raise UnreadableMessage(f"it is a {type(message).__name__}, not a message dict")
+        return message
 
 
-def _make_crypter(keys: Sequence[str | bytes]) -> Any:
-    """Return a ``MultiFernet`` over ``keys``, the first of which encrypts."""
-    if isinstance(keys, str | bytes):
+def _make_crypter(keys: Sequence[str | bytes]) -> tuple[Any, type[Exception]]:
+    """Return a ``MultiFernet`` over ``keys`` (the first encrypts) and its ``InvalidToken``."""
+    if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
         raise ValueError("symmetric_encryption_keys must be a list of keys, not one key")
+    for key in keys:  # never show a key in an error
+        if not isinstance(key, str | bytes):
+            raise ValueError(
+                f"symmetric_encryption_keys must hold str or bytes keys, not {type(key).__name__}"
+            )
+        if not key:
+            raise ValueError("symmetric_encryption_keys holds an empty key")
     try:
         fernet = importlib.import_module("cryptography.fernet")
     except ImportError:
         raise InvalidChannelLayerError(
             "symmetric_encryption_keys needs the 'cryptography' package, which is not "
-            "installed (pip install cryptography)"
+            "installed: pip install 'tidings[encryption]' (or 'cryptography>=42')"
         ) from None
     ciphers = []
     for key in keys:
         raw = key.encode() if isinstance(key, str) else key
         ciphers.append(fernet.Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
-    return fernet.MultiFernet(ciphers)
+    invalid_token: type[Exception] = fernet.InvalidToken
+    return fernet.MultiFernet(ciphers), invalid_token

@@ -14,8 +14,10 @@
     *blocks* when they are all in use, for up to ``pool_timeout`` seconds
     (default ``DEFAULT_POOL_TIMEOUT``), so bursts queue instead of failing;
   - ``sentinels`` (a list of ``(host, port)``) with ``master_name``, and
-    optionally ``sentinel_kwargs``: connect to the master that Redis
-    Sentinel names, following fail-overs;
+    optionally ``sentinel_kwargs`` (client options for the sentinels, over
+    ``SENTINEL_DEFAULTS``): connect to the master that Redis Sentinel names,
+    following fail-overs. Every new connection asks the sentinels, in turn,
+    where the master is; the pools block as above;
   - ``cluster: True``: the address is one node of a Redis Cluster; the
     client discovers the others. A cluster must be the only entry of
     ``hosts``. The layer spreads its keys over ``shards`` hash tags
@@ -42,7 +44,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_POOL_TIMEOUT",
     "DEFAULT_SOCKET_TIMEOUT",
+    "SENTINEL_DEFAULTS",
     "HostClients",
     "HostSpec",
     "jump_hash",
@@ -83,6 +86,15 @@ all), before the layer reports Redis unavailable; a host dict's ``retry`` replac
 
 DEFAULT_CLUSTER_SHARDS: Final = 12
 """Hash tags a Redis Cluster deployment is spread over (even over 2, 3, 4 or 6 masters)."""
+
+SENTINEL_DEFAULTS: Final[Mapping[str, Any]] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+    "retry": Retry(NoBackoff(), 0),
+}
+"""Client options of the connections to the sentinels, under ``sentinel_kwargs``. A
+sentinel answers from memory, and the next one listed is the retry: redis-py's default
+of ten retries per sentinel made a dead first sentinel cost 8 s per connection."""
 
 _OUR_KEYS: Final = frozenset(
     {
@@ -191,13 +203,33 @@ class HostSpec:
         return RedisCluster(host=self.host, port=self.port or 6379, **kwargs)
 
     def _sentinel(self) -> HostClients:
+        sentinel_kwargs = {**SENTINEL_DEFAULTS, **(self.sentinel_kwargs or {})}
         manager = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.sentinels), sentinel_kwargs=self.sentinel_kwargs
+            list(self.sentinels), sentinel_kwargs=sentinel_kwargs
         )
         name = self.master_name or ""
-        main = manager.master_for(name, redis_class=Redis, **self._kwargs(reader=False))
-        reader = manager.master_for(name, redis_class=Redis, **self._kwargs(reader=True))
-        return HostClients(main=main, reader=reader, sentinels=list(manager.sentinels))
+        clients = [
+            manager.master_for(
+                name,
+                redis_class=Redis,
+                connection_pool_class=_BlockingSentinelPool,
+                max_connections=2 if reader else self.max_connections,
+                timeout=self.pool_timeout,
+                **self._kwargs(reader=reader),
+            )
+            for reader in (False, True)
+        ]
+        return HostClients(main=clients[0], reader=clients[1], sentinels=list(manager.sentinels))
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A pool of connections to the master Sentinel names that waits when all are busy.
+
+    redis-py's ``SentinelConnectionPool`` is a plain ``ConnectionPool``, which
+    raises "Too many connections" past 100; bursts must queue instead (see
+    ``max_connections``). Sentinel's half finds the master, the blocking half
+    hands out connections.
+    """
 
 
 @dataclass

@@ -80,7 +80,10 @@ backoff, and every ``MARKER_CHECK_INTERVAL`` seconds (and after every
 error) refreshes a marker key; a missing marker means the
 server lost its data (a restart), and the node then registers again the
 memberships and full reports of its live channels, with their original
-times.
+times. It does the same when, after an error, it finds itself talking to
+another server (a new run id): a Sentinel fail-over, whose new master may
+lack the old master's last writes (those of the seconds when both were
+masters are lost), or a restart that loaded older data.
 
 **Event loops.** redis.asyncio connections belong to the loop that opened
 them, so clients are kept per event loop. A guard task in each loop closes
@@ -109,14 +112,15 @@ from redis.exceptions import (
     ClusterError,
     NoScriptError,
     ReadOnlyError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tidings.exceptions import ChannelFull, TidingsError
+from tidings.exceptions import ChannelFull, ChannelLayerUnavailable
 from tidings.layers._names import check_name_prefix
-from tidings.layers._redis_codec import Codec
+from tidings.layers._redis_codec import Codec, UnreadableMessage
 from tidings.layers._redis_hosts import HostClients, HostSpec, jump_hash, parse_hosts
 from tidings.layers._redis_loops import LoopClients, LoopState, cancel_task
 from tidings.layers._redis_scripts import (
@@ -183,12 +187,14 @@ _UNAVAILABLE: Final = (
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
-class RedisUnavailable(TidingsError):
-    """Redis could not be reached (down, restarting, or the connection pool stayed full).
+class RedisUnavailable(ChannelLayerUnavailable):
+    """Redis could not be reached (down, restarting, failing over, or the pool stayed full).
 
     Raised by ``send``, ``group_add``, ``group_discard``, ``group_send``,
     ``flush`` and by ``receive`` on shared channels; ``receive`` on a
     channel of this process keeps waiting while its receive loop reconnects.
+    A subclass of :class:`tidings.exceptions.ChannelLayerUnavailable`, which
+    backend-neutral code catches.
     """
 
 
@@ -207,8 +213,16 @@ class _Readers:
         self.ended = 0  # loop tasks that have finished (crashed or cancelled)
 
     def stopping(self, state: LoopState) -> bool:
-        """Whether a loop using ``state`` should end (``close()``, or its event loop is ending)."""
-        return self.stopped or state.closed
+        """Whether a loop using ``state`` should end.
+
+        It should after ``close()``, when its event loop is ending, and when its
+        task has been cancelled: inside redis-py, Python 3.11's ``asyncio.wait_for``
+        (which applies ``socket_timeout``, e.g. to the sentinels) can swallow a
+        cancellation (CPython gh-86296), and the loop must not then block for a
+        whole wait.
+        """
+        task = asyncio.current_task()
+        return self.stopped or state.closed or (task is not None and task.cancelling() > 0)
 
     @property
     def running(self) -> bool:
@@ -237,7 +251,8 @@ class RedisChannelLayer(BaseChannelLayer):
             :class:`~tidings.layers.BaseChannelLayer`).
         symmetric_encryption_keys: keys to encrypt message payloads with
             (Fernet; needs the ``cryptography`` package). The first encrypts;
-            all decrypt, so keys can be rotated.
+            all decrypt, so keys can be rotated. A message that no key
+            decrypts is logged and dropped.
         random_prefix_length: length of the node id in channel names.
         serializer_format: ``"msgpack"`` (default; carries bytes) or ``"json"``.
         inbox_capacity: unexpired entries a node's inbox may hold.
@@ -417,7 +432,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 raise asyncio.CancelledError
             entries = await self._run(shard, POP, [key], [1])
             if entries:
-                return self._codec.loads(self._codec.open(entries[0][ENTRY_HEAD:]))
+                try:
+                    return self._codec.read(entries[0][ENTRY_HEAD:])
+                except UnreadableMessage as exc:
+                    self._log_unreadable(channel, exc)
+                    continue
             client = self._clients(shard).main
             with self._unavailable(shard):
                 await client.blmove(key, key, self._block_timeout(shard), "LEFT", "LEFT")
@@ -704,6 +723,10 @@ class RedisChannelLayer(BaseChannelLayer):
         down_since: float | None = None
         delay = BACKOFF_MIN
         next_check = 0.0
+        # The run id of the server last talked to (not for a cluster, whose nodes differ).
+        identify = self.hosts[self._shard_host[shard]].kind != "cluster"
+        server: str | None = None
+        unregistered = False  # a registration again that did not finish
         try:
             state = self._loops.get()
         except Exception:  # a client that cannot even be built: a configuration error
@@ -715,9 +738,17 @@ class RedisChannelLayer(BaseChannelLayer):
             try:
                 async with asyncio.timeout(block_timeout + READER_GRACE):
                     if time.monotonic() >= next_check:
-                        if not await reader.expire(marker, MARKER_TTL):
-                            await self._register_again(shard, clients.main)
+                        moved = False
+                        if identify and (server is None or down_since is not None):
+                            known, server = server, await _run_id(reader)
+                            identify = server is not None
+                            moved = known is not None and server not in (None, known)
+                        if unregistered or moved or not await reader.expire(marker, MARKER_TTL):
+                            # The marker first: data lost meanwhile takes it too.
+                            unregistered = True
                             await reader.set(marker, b"1", ex=MARKER_TTL)
+                            await self._register_again(shard, clients.main)
+                            unregistered = False
                         next_check = time.monotonic() + MARKER_CHECK_INTERVAL
                     entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
                 if down_since is not None:
@@ -732,6 +763,8 @@ class RedisChannelLayer(BaseChannelLayer):
                     await self._route(entry)
                 if len(entries) == INBOX_BATCH:
                     continue  # more may be waiting; a short pop means the inbox is empty
+                if readers.stopping(state):
+                    return
                 async with asyncio.timeout(block_timeout + READER_GRACE):
                     await reader.blmove(inbox, inbox, block_timeout, "LEFT", "LEFT")
             except asyncio.CancelledError:
@@ -762,12 +795,11 @@ class RedisChannelLayer(BaseChannelLayer):
             if kind == b"G":
                 group = name.decode()
                 if group in self._memberships:
-                    message = self._codec.loads(self._codec.open(data))
-                    await self._local.group_send(group, message)
+                    await self._local.group_send(group, self._codec.read(data))
             elif kind == b"D":
                 channel = name.decode()
                 try:
-                    await self._local.send(channel, self._codec.loads(self._codec.open(data)))
+                    await self._local.send(channel, self._codec.read(data))
                 except ChannelFull:
                     self._mark_full(channel)
             elif kind == b"J":
@@ -778,8 +810,14 @@ class RedisChannelLayer(BaseChannelLayer):
                 group, channel = name.decode(), data.decode()
                 self._forget(group, channel)
                 await self._local.group_discard(group, channel)
+        except UnreadableMessage as exc:
+            shown = name.decode(errors="replace")
+            self._log_unreadable(f"group {shown}" if kind == b"G" else shown, exc)
         except Exception:
             logger.exception("node %s dropped an inbox entry it could not read", self._node)
+
+    def _log_unreadable(self, where: str, exc: UnreadableMessage) -> None:
+        logger.error("node %s dropped a message for %s: %s", self._node, where, exc)
 
     async def _register_again(self, shard: int, client: Any) -> None:
         """Register this node's live memberships and full reports on ``shard`` again."""
@@ -817,6 +855,20 @@ class RedisChannelLayer(BaseChannelLayer):
             await client.pexpire(key, self._expiry_ms)
         if items:
             logger.info("node %s registered %d memberships again", self._node, len(items))
+
+
+async def _run_id(client: Any) -> str | None:
+    """The run id of the Redis server ``client`` talks to (new at every start).
+
+    ``None`` if the server refuses ``INFO`` (an ACL user without ``@dangerous``):
+    the layer then only notices lost data, by its marker.
+    """
+    try:
+        info = await client.info("server")
+    except ResponseError:
+        return None
+    run_id = info.get("run_id")
+    return str(run_id) if run_id else None
 
 
 async def _evaluate(
