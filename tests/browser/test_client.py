@@ -14,7 +14,10 @@ with the Redis layer.
 - a session whose requests land on both workers keeps working (the access log
   names the worker of each request);
 - the session ends on close(), on the consumer's close, on a refusal (403); a forged
-  session id gets a new session and "continuitylost".
+  session id gets a new session and "continuitylost";
+- the server acknowledges client messages on a long-lived WebSocket (``{"cack": n}``),
+  so the outbox drains without a reconnection and "continuitylost" lists only what
+  was not acknowledged.
 """
 
 from __future__ import annotations
@@ -414,3 +417,54 @@ def test_forged_session_id_loses_continuity(proxy: CuttingProxy, alice: WebDrive
     assert alice.execute_script("return window.conn.sessionId") == lost["detail"]["sessionId"]
     assert alice.execute_script("return window.conn.lastSeq") >= 1  # the new hello
     assert report(alice)["notes"] == []  # a new consumer
+
+
+# --- acknowledgements of client messages ----------------------------------------------------------
+
+
+def test_outbox_drains_on_a_long_lived_websocket(server: ServerProcess, alice: WebDriver) -> None:
+    tag = uuid.uuid4().hex
+    open_harness(alice, server.url, f"/ws/stream/?tag={tag}", {"transports": ["websocket"]})
+    queued = alice.execute_script(
+        "for (let i = 1; i <= 200; i++) window.conn.sendJSON({cmd: 'note', i});"
+        "return window.conn.pending"
+    )
+    assert queued == 200
+    # {"cack": n} frames empty the outbox while the WebSocket stays up.
+    wait_js(alice, "return window.conn.pending === 0", message="outbox drained", describe=SUMMARY)
+    summary = alice.execute_script(SUMMARY)
+    assert (summary["transport"], summary["stats"]["reconnects"]) == ("websocket", 0)
+    assert [e["type"] for e in summary["events"]] == ["transport", "open"]
+    assert report(alice)["notes"] == list(range(1, 201))
+
+
+def test_continuitylost_lists_only_unacknowledged_messages(
+    proxy: CuttingProxy, alice: WebDriver
+) -> None:
+    open_harness(alice, proxy.url, "/ws/stream/", {**FAST, "transports": ["websocket"]})
+    alice.execute_script("for (let i = 1; i <= 60; i++) window.conn.sendJSON({cmd: 'note', i})")
+    wait_js(alice, "return window.conn.pending === 0", message="outbox drained", describe=SUMMARY)
+    # The next resume carries a session id the server never issued; one more message is
+    # written while reconnecting, so the outbox holds it when continuity turns out lost.
+    alice.execute_script(
+        "const conn = window.conn;"
+        "conn._sid = (conn._sid[0] === 'x' ? 'y' : 'x') + conn._sid.slice(1);"
+        "conn.addEventListener('reconnecting',"
+        " () => conn.sendJSON({cmd: 'note', i: 99}), {once: true});"
+    )
+    proxy.cut_all()
+    wait_js(
+        alice,
+        "return window.conn.record.events.some((e) => e.type === 'continuitylost')",
+        message="continuitylost",
+        describe=SUMMARY,
+    )
+    lost = next(
+        e
+        for e in alice.execute_script("return window.conn.record.events")
+        if e["type"] == "continuitylost"
+    )
+    assert lost["detail"]["unsent"] == ['{"cmd":"note","i":99}']
+    wait_js(alice, "return window.conn.state === 'open'", describe=SUMMARY)
+    assert alice.execute_script("return window.conn.pending") == 0
+    assert report(alice)["notes"] == []  # a new consumer; note 99 was not resent

@@ -2,7 +2,8 @@
 
 Only what the tests need: open an SSE stream and read envelopes, poll, POST,
 open a session WebSocket. Every wait has a timeout so a broken server fails a
-test instead of hanging it.
+test instead of hanging it. Reading the next envelope skips ``{"cack": n}``
+envelopes (they come whenever a timer says so) unless ``cacks=True``.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ class SSE:
             self.events.extend(self.parser.feed(chunk))
         return self.events.popleft()
 
-    async def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The next envelope."""
-        value: dict[str, Any] = json.loads((await self.event(timeout)).data)
-        return value
+    async def next(self, timeout: float = TIMEOUT, *, cacks: bool = False) -> dict[str, Any]:
+        """The next envelope (``{"cack": n}`` ones only if ``cacks``)."""
+        while True:
+            value: dict[str, Any] = json.loads((await self.event(timeout)).data)
+            if cacks or not is_cack(value):
+                return value
 
     async def ended(self, timeout: float = TIMEOUT) -> bool:
         """Read to the end of the stream; whether it ended (rather than timing out)."""
@@ -95,9 +98,14 @@ async def poll(client: httpx.AsyncClient, url: str, **kwargs: Any) -> list[dict[
     return value
 
 
+def is_cack(envelope: dict[str, Any]) -> bool:
+    """Whether ``envelope`` is a ``{"cack": n}`` (and nothing else)."""
+    return envelope.keys() == {"cack"}
+
+
 def messages(envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The message envelopes (not open/close), in order."""
-    return [e for e in envelopes if "type" not in e]
+    """The message envelopes (not open/close/cack), in order."""
+    return [e for e in envelopes if "seq" in e and "type" not in e]
 
 
 def texts(envelopes: list[dict[str, Any]]) -> list[str]:
@@ -118,10 +126,14 @@ async def session_ws(url: str, origin: str | None = None) -> AsyncIterator[Clien
         yield ws
 
 
-async def ws_next(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """The next envelope on a session WebSocket."""
-    value: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return value
+async def ws_next(
+    ws: ClientConnection, timeout: float = TIMEOUT, *, cacks: bool = False
+) -> dict[str, Any]:
+    """The next envelope on a session WebSocket (``{"cack": n}`` ones only if ``cacks``)."""
+    while True:
+        value: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if cacks or not is_cack(value):
+            return value
 
 
 async def send_items(

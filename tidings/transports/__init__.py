@@ -9,7 +9,8 @@ Modules:
 * ``router``: :class:`TransportRouter`, :func:`fallback`; session requests
   through the ``"websocket"`` middleware stack; ``request``: parsing them;
 * ``manager``: the sessions of one process, session ids, users, limits;
-* ``session``: one session: consumer instance, inbox, resume buffer, attachment;
+* ``session``: one session: consumer instance, resume buffer, attachment;
+* ``inbox``: a session's client messages and their acknowledgement (``cack``);
 * ``remote``: sessions of other processes, through the channel layer;
 * ``websocket``, ``sse``, ``longpoll``: the three transports (and the POSTs);
 * ``protocol``: the JSON envelopes of protocol v1; ``config``: the settings.

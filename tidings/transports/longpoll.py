@@ -16,7 +16,8 @@ buffer.
 ``ack``, ``close``), at most ``max_post_size`` bytes: a larger
 ``Content-Length`` is refused before reading, a chunked body as soon as it
 passes the limit (413, and the connection closes so the rest is not read).
-The answer is ``{"cack": N}``; 404 if the session is unknown (expired,
+The answer is ``{"cack": N}`` (so no ``{"cack": n}`` envelope is due for
+these messages on an attached SSE stream); 404 if the session is unknown (expired,
 another user's, forged), 400 if the body is not protocol v1, 503 if the
 process owning the session did not answer.
 
@@ -124,7 +125,7 @@ async def serve_send(
         return
     link = None if sid is None else manager.find(sid, user)
     try:
-        cack = None if link is None else await link.push(batch.messages)
+        cack = None if link is None else await link.push(batch.messages, answered=True)
         if link is None or cack is None:
             await respond(send, 404, b"unknown session\n")
             return

@@ -35,7 +35,7 @@ from typing import Final, Protocol
 from tidings._types import ASGIApp, Scope
 from tidings.layers import get_channel_layer
 from tidings.transports.config import TransportSettings
-from tidings.transports.protocol import ClientMessage, open_envelope
+from tidings.transports.protocol import CACK_TRANSPORTS, ClientMessage, open_envelope
 from tidings.transports.remote import RemoteHub, RemoteLink
 from tidings.transports.session import Attachment, Decision, Session
 
@@ -73,8 +73,11 @@ def parse_sid(sid: str) -> tuple[str, str] | None:
 class Link(Protocol):
     """What ``send`` and ``close`` requests (and WebSocket frames) do to a session."""
 
-    async def push(self, messages: list[ClientMessage]) -> int | None:
-        """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown."""
+    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
+        """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown.
+
+        ``answered``: the caller tells the client ``cack`` (see :meth:`Inbox.push`).
+        """
 
     async def ack(self, seq: int) -> None:
         """Acknowledge envelopes up to ``seq``."""
@@ -89,13 +92,13 @@ class LocalLink:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    async def push(self, messages: list[ClientMessage]) -> int | None:
+    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is gone."""
         session = self.session
         if session.gone:
             return None
         session.touch()
-        return await session.push(messages)
+        return await session.push(messages, answered=answered)
 
     async def ack(self, seq: int) -> None:
         """Acknowledge envelopes up to ``seq``."""
@@ -240,10 +243,16 @@ class SessionManager:
         app: ASGIApp,
         scope: Scope,
         user: str | None,
+        transport: str,
     ) -> Opening:
-        """Resume ``sid`` from ``last`` or open a new session running ``app``."""
+        """Resume ``sid`` from ``last`` or open a new session running ``app``.
+
+        ``transport`` (``"websocket"``, ``"sse"``, ``"longpoll"``) decides
+        whether the attachment carries ``{"cack": n}`` envelopes.
+        """
+        cacks = transport in CACK_TRANSPORTS
         if sid is not None:
-            resumed = await self._resume(sid, last, user)
+            resumed = await self._resume(sid, last, user, cacks)
             if resumed is not None:
                 return resumed
             logger.info(
@@ -251,16 +260,16 @@ class SessionManager:
                 "past its buffer); opening a new one",
                 sid[:6],
             )
-        return self._new(app, scope, user)
+        return self._new(app, scope, user, cacks)
 
-    async def _resume(self, sid: str, last: int, user: str | None) -> Opening | None:
+    async def _resume(self, sid: str, last: int, user: str | None, cacks: bool) -> Opening | None:
         parsed = parse_sid(sid)
         if parsed is None:
             return None
         token, port = parsed
         if port == self.port:
             session = self.lookup(token, user)
-            attachment = None if session is None else session.attach(last)
+            attachment = None if session is None else session.attach(last, cacks=cacks)
             if session is None or attachment is None:
                 return None
             return Opening(
@@ -274,14 +283,14 @@ class SessionManager:
             )
         if self._hub is None:
             return None
-        remote = await self._hub.attach(port, token, user, last)
+        remote = await self._hub.attach(port, token, user, last, cacks=cacks)
         if remote is None:
             return None
         stream, seq, cack = remote
         link = RemoteLink(self._hub, port, token, user)
         return Opening(200, sid, resumed=True, seq=seq, cack=cack, attachment=stream, link=link)
 
-    def _new(self, app: ASGIApp, scope: Scope, user: str | None) -> Opening:
+    def _new(self, app: ASGIApp, scope: Scope, user: str | None, cacks: bool) -> Opening:
         limit = self.settings.max_sessions_per_user
         if user is not None and self._per_user.get(user, 0) >= limit:
             logger.warning("User %s already has %d sessions in this process: 429", user, limit)
@@ -299,7 +308,7 @@ class SessionManager:
         assert session.task is not None
         self._consumers.add(session.task)
         session.task.add_done_callback(self._consumers.discard)
-        attachment = session.attach(0)
+        attachment = session.attach(0, cacks=cacks)
         assert attachment is not None
         logger.debug("Session %s opened over %s", session.label, scope.get("transport"))
         return Opening(200, sid, attachment=attachment, link=LocalLink(session), session=session)

@@ -7,7 +7,9 @@ when the consumer sends, and then written as it is to whichever transport is
 attached: a WebSocket text frame, the ``data`` of an SSE event, or an item of
 the array a poll returns. Envelopes are ``{"seq": n, "text"|"bytes": ...}``
 (a consumer message), ``{"type": "open", ...}`` (first on every transport
-connection) and ``{"type": "close", ...}`` (the session ended).
+connection), ``{"type": "close", ...}`` (the session ended) and
+``{"cack": n}`` (client messages up to ``cseq`` n were taken: on the streams
+of ``CACK_TRANSPORTS`` only, never buffered for resume, no ``seq``).
 
 Client to server, the items are ``{"cseq": n, "text"|"bytes": ...}``
 (a message for the consumer), ``{"ack": n}`` and ``{"type": "close"}``; a
@@ -30,10 +32,12 @@ from typing import Any, Final
 from tidings._types import Message
 
 __all__ = [
+    "CACK_TRANSPORTS",
     "TRANSPORT_NAMES",
     "ClientBatch",
     "ClientMessage",
     "ProtocolError",
+    "cack_envelope",
     "close_envelope",
     "encode_message",
     "envelope_seq",
@@ -46,6 +50,10 @@ __all__ = [
 #: The ``tidings`` query parameter's values that open a transport, and the
 #: transport name each puts in the scope and the open envelope.
 TRANSPORT_NAMES: Final = {"ws": "websocket", "sse": "sse", "poll": "longpoll"}
+#: Transports whose stream carries ``{"cack": n}`` envelopes. Not long-polling:
+#: a held poll must not be answered just for that (each poll starts with an open
+#: envelope, which has ``cack``, and its POSTs are answered with it anyway).
+CACK_TRANSPORTS: Final = frozenset({"websocket", "sse"})
 
 _MAX_SEQ: Final = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
 
@@ -186,7 +194,7 @@ def encode_message(seq: int, message: Message) -> str:
 
 
 def envelope_seq(envelope: str) -> str | None:
-    """The ``seq`` of a message envelope as text (its SSE event id); ``None`` for open/close."""
+    """The ``seq`` of a message envelope as text (its SSE event id); ``None`` for the others."""
     if envelope.startswith('{"seq":'):
         return envelope[7 : envelope.index(",", 7)]
     return None
@@ -204,6 +212,11 @@ def open_envelope(sid: str, *, seq: int, resumed: bool, cack: int, transport: st
             "transport": transport,
         }
     )
+
+
+def cack_envelope(cack: int) -> str:
+    """The envelope that tells the client its messages up to ``cseq`` ``cack`` were taken."""
+    return f'{{"cack":{cack}}}'
 
 
 def close_envelope(code: int, reason: str) -> str:

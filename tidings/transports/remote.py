@@ -9,9 +9,9 @@ that port (all of type ``MESSAGE_TYPE``, told apart by ``op``):
 
 * request/reply: ``{"op": <op>, "rid", "reply": <our port>, "token", "user", ...}``
   answered by ``{"op": "reply", "rid", "ok", ...}`` within ``remote_timeout``
-  (:class:`RemoteTimeout` otherwise). Ops: ``attach`` (``last``, ``aid``),
-  ``push`` (client messages), ``close``. Fire-and-forget: ``ack``, ``detach``,
-  ``alive``.
+  (:class:`RemoteTimeout` otherwise). Ops: ``attach`` (``last``, ``aid``,
+  ``cacks``), ``push`` (client messages, ``answered``), ``close``.
+  Fire-and-forget: ``ack``, ``detach``, ``alive``.
 * streams: after a successful ``attach`` the owner sends the envelopes for that
   attachment as ``{"op": "batch", "aid", "envs"}`` to the requester's port,
   and ``{"op": "end", "aid", "reason"}`` when the attachment ends (a newer
@@ -124,14 +124,16 @@ class RemoteLink:
         self._owner = owner
         self._fields: dict[str, Any] = {"token": token, "user": user}
 
-    async def push(self, messages: list[ClientMessage]) -> int | None:
+    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown.
 
         Raises:
             RemoteTimeout: the owner did not answer.
         """
         items = [m.to_layer() for m in messages]
-        reply = await self._hub.request(self._owner, "push", messages=items, **self._fields)
+        reply = await self._hub.request(
+            self._owner, "push", messages=items, answered=answered, **self._fields
+        )
         return int(reply["cack"]) if reply.get("ok") else None
 
     async def ack(self, seq: int) -> None:
@@ -273,13 +275,14 @@ class RemoteHub:
         return True
 
     async def attach(
-        self, owner: str, token: str, user: str | None, last: int
+        self, owner: str, token: str, user: str | None, last: int, *, cacks: bool
     ) -> tuple[RemoteAttachment, int, int] | None:
         """Attach to a session of ``owner``; the stream, its ``seq`` and ``cack``, or ``None``."""
         aid = secrets.token_hex(8)
         stream = self._streams[aid] = RemoteAttachment(self, owner, aid)
+        fields = {"token": token, "user": user, "last": last, "aid": aid, "cacks": cacks}
         try:
-            reply = await self.request(owner, "attach", token=token, user=user, last=last, aid=aid)
+            reply = await self.request(owner, "attach", **fields)
         except RemoteTimeout:
             stream.detach()
             return None
@@ -347,7 +350,8 @@ class RemoteHub:
         served = None
         if session is not None:
             if op == "attach":
-                attachment = session.attach(int(message["last"]))
+                cacks = bool(message.get("cacks"))
+                attachment = session.attach(int(message["last"]), cacks=cacks)
                 if attachment is None:
                     reply["ok"] = False
                 else:
@@ -356,7 +360,9 @@ class RemoteHub:
                     reply.update(seq=session.seq, cack=session.cack)
             elif op == "push":
                 session.touch()
-                reply["cack"] = await session.push(layer_messages(message["messages"]))
+                answered = bool(message.get("answered"))
+                items = layer_messages(message["messages"])
+                reply["cack"] = await session.push(items, answered=answered)
             elif op == "close":
                 session.close_by_client()
         answer = {"type": MESSAGE_TYPE, "op": "reply", "rid": message["rid"], **reply}

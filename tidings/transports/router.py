@@ -98,7 +98,12 @@ class SessionHandle:
             if request.action in TRANSPORT_NAMES:
                 manager = await self._router._manager()
                 opening = await manager.open(
-                    sid=request.sid, last=request.last, app=app, scope=scope, user=user
+                    sid=request.sid,
+                    last=request.last,
+                    app=app,
+                    scope=scope,
+                    user=user,
+                    transport=TRANSPORT_NAMES[request.action],
                 )
         except BaseException as exc:
             if not self.outcome.done():

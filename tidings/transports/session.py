@@ -7,9 +7,9 @@ for as long as the *session* lives, which is longer than any one transport
 connection. It plays the server's part towards the consumer:
 
 * ``receive()`` returns ``websocket.connect``, then the client's messages
-  (:meth:`Session.push`, de-duplicated and ordered by ``cseq``, at most
-  ``INBOX_LIMIT`` waiting: pushing then waits, which is the back-pressure),
-  then ``websocket.disconnect`` once the session is over;
+  (:meth:`Session.push`: the session's :class:`~tidings.transports.inbox.Inbox`
+  de-duplicates and orders them by ``cseq``, bounds them, and acknowledges
+  them as ``cack``), then ``websocket.disconnect`` once the session is over;
 * ``send()`` takes ``websocket.accept`` or a refusal (``websocket.close`` or a
   ``websocket.http.response`` before accepting: :attr:`Session.decision`),
   ``websocket.send`` (each becomes an envelope with the next ``seq``, kept in
@@ -31,7 +31,10 @@ buffered and then the close.
 An attachment is a cursor into the buffer: :meth:`LocalAttachment.next_batch`
 returns the envelopes after it and moves it on. Nothing leaves the buffer
 except by acknowledgement, so a batch lost with its connection is sent again
-to the next attachment. While nothing is attached, a timer of
+to the next attachment. An attachment of a transport in ``CACK_TRANSPORTS``
+also gets the inbox's ``{"cack": n}`` envelopes when they are due (first in
+the batch; outside the buffer and the ``seq`` count: a lost one is made good by
+the next connection's open envelope). While nothing is attached, a timer of
 ``resume_window`` runs; when it fires, the consumer gets ``websocket.disconnect``
 with 1006 and the session is removed.
 
@@ -50,11 +53,11 @@ from typing import Final, Protocol
 
 from tidings._types import ASGIApp, Message, Scope
 from tidings.transports.config import TransportSettings
+from tidings.transports.inbox import Inbox
 from tidings.transports.protocol import ClientMessage, close_envelope, encode_message
 
 __all__ = [
     "BATCH_BYTES",
-    "INBOX_LIMIT",
     "Attachment",
     "Decision",
     "LocalAttachment",
@@ -63,9 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("tidings.transports")
 
-#: Client messages waiting for the consumer before pushing waits (the WebSocket
-#: server's default ``--ws-max-queue`` is 32 too).
-INBOX_LIMIT: Final = 32
 #: Envelope bytes handed to a transport in one batch (one SSE chunk, one layer message).
 BATCH_BYTES: Final = 64 * 1024
 
@@ -111,11 +111,12 @@ class _Owner(Protocol):
 class LocalAttachment:
     """A cursor into a session of this process (see the module docstring)."""
 
-    __slots__ = ("_wake", "cursor", "end", "session")
+    __slots__ = ("_wake", "cacks", "cursor", "end", "session")
 
-    def __init__(self, session: Session, cursor: int) -> None:
+    def __init__(self, session: Session, cursor: int, cacks: bool) -> None:
         self.session = session
         self.cursor = cursor
+        self.cacks = cacks
         self.end: str | None = None
         self._wake = asyncio.Event()
 
@@ -166,7 +167,7 @@ class Session:
         self.state = CONNECTING
         self.seq = 0
         self.acked = 0
-        self.cack = 0
+        self.inbox = Inbox(self._cack_due)
         self.gone = False
         self.decision: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
@@ -175,11 +176,6 @@ class Session:
         self._buffer: deque[tuple[int, str, int]] = deque()
         self._bytes = 0
         self._final: str | None = None
-        self._inbox: deque[Message] = deque()
-        self._disconnect: Message | None = None
-        self._receiver: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
-        self._push_lock = asyncio.Lock()
         self._attachment: LocalAttachment | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._denial: list[Message] = []
@@ -188,12 +184,12 @@ class Session:
 
     def start(self, app: ASGIApp, scope: Scope) -> None:
         """Run the consumer instance ``app`` for this session, from now on."""
-        self._inbox.append({"type": "websocket.connect"})
+        self.inbox.put({"type": "websocket.connect"})
         self.task = asyncio.get_running_loop().create_task(self._run(app, scope))
 
     async def _run(self, app: ASGIApp, scope: Scope) -> None:
         try:
-            await app(scope, self._receive, self._send)
+            await app(scope, self.inbox.get, self._send)
         except asyncio.CancelledError:
             if self.state == CONNECTING:
                 self._refuse(Decision(False, 503))
@@ -212,20 +208,6 @@ class Session:
                 self._refuse(REFUSED)  # returning without an answer is a refusal
             else:
                 self._finish(1000, "", final=True)
-
-    async def _receive(self) -> Message:
-        while True:
-            if self._inbox:
-                message = self._inbox.popleft()
-                _wake(self._room)
-                return message
-            if self._disconnect is not None:
-                return self._disconnect
-            waiter = self._receiver = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._receiver = None
 
     async def _send(self, message: Message) -> None:
         mtype = message["type"]
@@ -297,27 +279,14 @@ class Session:
 
     # -- the client -----------------------------------------------------------------------
 
-    async def push(self, messages: list[ClientMessage]) -> int:
-        """Queue client messages for the consumer; return ``cack``, the last ``cseq`` taken.
+    @property
+    def cack(self) -> int:
+        """The ``cseq`` of the last client message taken (acknowledged)."""
+        return self.inbox.cack
 
-        Messages at or below ``cack`` are duplicates and dropped; one after a
-        gap in ``cseq`` stops the batch (the client resends from ``cack``).
-        """
-        async with self._push_lock:
-            for item in messages:
-                if item.cseq <= self.cack:
-                    continue
-                if item.cseq != self.cack + 1:
-                    break
-                while len(self._inbox) >= INBOX_LIMIT and self.state != FINISHED:
-                    room = self._room = asyncio.get_running_loop().create_future()
-                    await room
-                if self.state == FINISHED:
-                    break
-                self._inbox.append(item.asgi())
-                self.cack = item.cseq
-                _wake(self._receiver)
-        return self.cack
+    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int:
+        """Queue client messages for the consumer; return ``cack`` (see :meth:`Inbox.push`)."""
+        return await self.inbox.push(messages, answered=answered)
 
     def ack(self, seq: int) -> None:
         """The client has every envelope up to ``seq``: free them."""
@@ -329,9 +298,11 @@ class Session:
             self._bytes -= buffer.popleft()[2]
         self.acked = seq
 
-    def attach(self, last: int) -> LocalAttachment | None:
+    def attach(self, last: int, *, cacks: bool = False) -> LocalAttachment | None:
         """Attach a transport connection whose client has everything up to ``last``.
 
+        Its open envelope tells ``cack`` (read it now); with ``cacks`` its
+        batches also carry the ``{"cack": n}`` envelopes that become due.
         Returns ``None`` when continuity cannot be kept: the session is gone,
         or the messages after ``last`` are no longer (or never were) buffered.
         """
@@ -341,7 +312,8 @@ class Session:
         if self._attachment is not None:
             self._attachment._finish("superseded")
         self._cancel_expiry()
-        attachment = self._attachment = LocalAttachment(self, last)
+        self.inbox.told_up_to(self.inbox.cack)
+        attachment = self._attachment = LocalAttachment(self, last, cacks)
         return attachment
 
     def touch(self) -> None:
@@ -376,7 +348,13 @@ class Session:
         if attachment.cursor == self.seq and self._final is not None:
             batch.append(self._final)
             attachment.end = "closed"
-        return batch
+        report = self.inbox.report() if attachment.cacks else None
+        return batch if report is None else [report, *batch]
+
+    def _cack_due(self) -> None:
+        attachment = self._attachment
+        if attachment is not None and attachment.cacks:
+            attachment._wake.set()
 
     def _detach(self, attachment: LocalAttachment) -> None:
         attachment._finish("detached")
@@ -394,9 +372,7 @@ class Session:
         if self.state == FINISHED:
             return
         self.state = FINISHED
-        self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
-        _wake(self._receiver)
-        _wake(self._room)
+        self.inbox.close({"type": "websocket.disconnect", "code": code, "reason": reason})
         if final:
             self._final = close_envelope(code, reason)
             if self._attachment is not None:
@@ -449,11 +425,6 @@ class Session:
                 await asyncio.gather(task, return_exceptions=True)
         await asyncio.sleep(0)  # let an attached transport take the close envelope
         self.remove()
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 def _decide(future: asyncio.Future[Decision], decision: Decision) -> None:

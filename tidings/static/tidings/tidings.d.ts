@@ -89,7 +89,11 @@ export interface ContinuityLostDetail {
   sessionId: string;
   /** The last sequence number received in the old session. */
   lastSeq: number;
-  /** Messages sent to the old session that it never acknowledged (not resent). */
+  /**
+   * Messages sent to the old session that it had not acknowledged (not resent). The
+   * last of them may have reached the old consumer all the same, if it took them just
+   * before the connection dropped and the acknowledgement was lost with it.
+   */
   unsent: Array<string | ArrayBuffer>;
 }
 
@@ -133,7 +137,11 @@ export class Connection extends EventTarget {
   readonly sessionId: string | null;
   /** Sequence number of the last message delivered. */
   readonly lastSeq: number;
-  /** Client messages not yet acknowledged by the server. */
+  /**
+   * Client messages not yet acknowledged by the server (its outbox). The server
+   * acknowledges within about 200 ms on an open WebSocket or SSE stream, in the
+   * answer to each POST, and in the open message of every transport connection.
+   */
   readonly pending: number;
   readonly stats: ConnectionStats;
 

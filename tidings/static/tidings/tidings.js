@@ -22,8 +22,9 @@
  *   Acknowledgements (`{"ack": n}`, or `last=` on the next poll) let the server free
  *   its buffer.
  * - Every client message gets `cseq` and stays in the outbox until the server
- *   acknowledges it (`cack` in an open message or a POST answer); after a resume
- *   the rest is sent again; the server drops what it already has.
+ *   acknowledges it: `cack` in an open message, in a POST answer, or alone as
+ *   `{"cack": n}` on a WebSocket or SSE stream (within about 200 ms of taking it).
+ *   After a resume the rest is sent again; the server drops what it already has.
  * - Reconnection: a transport that fails to open is followed at once by the next
  *   one in `transports`; when a later one opens, the ones that failed are demoted
  *   for the life of the Connection. When all fail (the server is down, not a
@@ -36,6 +37,7 @@
  * - A resume answered with `resumed: false` fires "continuitylost": the session is
  *   new, `lastSeq` and `cseq` restart, and the messages not yet acknowledged by the
  *   old session are dropped and listed in the event (the application decides).
+ *   Acknowledged ones are not listed: the old session had taken them.
  *
  * Nothing here touches the DOM except `location` (to resolve relative URLs) and the
  * `pagehide`/`online` events of `window`.
@@ -647,7 +649,7 @@ export class Connection extends EventTarget {
     }
     if (this._state !== "open") return t.fail("message before open");
     if (typeof msg.cack === "number" && typeof msg.seq !== "number") {
-      return this._dropAcked(msg.cack);
+      return this._dropAcked(msg.cack); // {"cack": n} on a stream: no seq, nothing to deliver
     }
     if (typeof msg.seq !== "number") return;
     if (msg.seq <= this._last) {
