@@ -149,7 +149,8 @@ def _layer_redis(data: dict[str, Any]) -> list[Panel]:
         title = f"Redis layer send+receive ({kind})"
         panels.append(Panel(title, "messages/s", True, _ordered(values)))
     for size, by_impl in data.get("group_send", {}).items():
-        values = {impl: figures["p99_ms"] for impl, figures in by_impl.items()}
+        # A peer that failed at this size has no figure ("failed": why).
+        values = {impl: f["p99_ms"] for impl, f in by_impl.items() if "p99_ms" in f}
         title = f"Redis group_send, {int(size):,} members"
         unit = "ms to last member (p99)"
         panels.append(Panel(title, unit, False, _ordered(values), decimals=1))

@@ -261,7 +261,16 @@ def main() -> None:
                     "gap": options.gap,
                     "timeout": 120,
                 }
-                got = run_measure(pythons[impl], "coordinate", impl, url, f"gs-{impl}-{size}", args)
+                try:
+                    got = run_measure(
+                        pythons[impl], "coordinate", impl, url, f"gs-{impl}-{size}", args
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    # A peer that cannot do it at all is a result too: record and go on.
+                    reason = str(exc).strip().splitlines()[-1][:200]
+                    results["group_send"].setdefault(str(size), {})[impl] = {"failed": reason}
+                    print(f"group_send {size:6} members {impl:24} FAILED: {reason}")
+                    continue
                 latencies = got.pop("latencies")
                 got["p50_ms"] = percentile(latencies, 0.5) * 1000
                 got["p99_ms"] = percentile(latencies, 0.99) * 1000
@@ -288,6 +297,8 @@ def main() -> None:
         for size, by_impl in results["group_send"].items():
             if impl in by_impl and "tidings" in by_impl:
                 ours, theirs = by_impl["tidings"], by_impl[impl]
+                if "failed" in ours or "failed" in theirs:
+                    continue
                 ratios[f"group_send {size} p99 {impl}/tidings"] = theirs["p99_ms"] / ours["p99_ms"]
                 ratios[f"group_send {size} bytes {impl}/tidings"] = (
                     theirs["bytes_per_send"] / ours["bytes_per_send"]

@@ -701,6 +701,16 @@ _README_FIGURES = {
         "In-memory group_send, 1,000 members",
         "ms per call",
     ),
+    "broadcast to 1,000 WebSocket clients, 2 workers, Redis, ms to the last (p99)": (
+        "ws_broadcast",
+        "WebSocket broadcast to 1000 clients",
+        "ms to last client (p99)",
+    ),
+    "same broadcast, server CPU per delivered message, µs": (
+        "ws_broadcast",
+        "WebSocket broadcast, server CPU",
+        "µs per delivered message",
+    ),
 }
 
 
