@@ -92,6 +92,14 @@ def _children(pid: int) -> set[int]:
     return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
+def _wait_children(pid: int, count: int, timeout: float = 15) -> set[int]:
+    """The child pids of ``pid`` once there are ``count`` of them (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while len(_children(pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _children(pid)
+
+
 def test_help_documents_every_option_with_its_default() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tidings", "serve", "--help"],
@@ -229,10 +237,7 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path: Path) ->
         tmp_path,
         ready="started 2 workers",
     ) as proc:
-        deadline = time.monotonic() + 15
-        while len(_children(proc.popen.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(proc.popen.pid)
+        workers = _wait_children(proc.popen.pid, 2)
         assert len(workers) == 2
         proc.wait_for_log("Tidings serving on")
         victim = min(workers)
@@ -451,10 +456,7 @@ def test_sighup_replaces_the_workers_without_downtime(tmp_path: Path) -> None:
         tmp_path,
         ready="started 2 workers",
     ) as proc:
-        deadline = time.monotonic() + 15
-        while len(_children(proc.popen.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        old = _children(proc.popen.pid)
+        old = _wait_children(proc.popen.pid, 2)
         proc.wait_for_log("Tidings serving on")
         slow: list[str] = []
         in_flight = threading.Thread(target=lambda: slow.append(_get(port, "/?1.0", 15)))

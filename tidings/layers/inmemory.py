@@ -415,10 +415,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     if send_now is not None and waiter.get_loop() is loop and not waiter.done():
                         handed.append((record, send_now))
                         continue
-                if len(record.queue) < record.capacity:
-                    record.queue.append(entry)
-                    if record.waiters:
-                        self._wake_one(record, loop)
+                self._offer(record, entry, loop)
             for channel in stale:
                 self._remove_membership(group, channel)
             for channel in expired:
@@ -428,10 +425,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 # The socket could not take it now (slow client, closing): queue it as
                 # usual; the consumer's websocket_send handler will send it.
                 with self._lock:
-                    if len(record.queue) < record.capacity:
-                        record.queue.append(entry)
-                        if record.waiters:
-                            self._wake_one(record, loop)
+                    self._offer(record, entry, loop)
 
     # -- whole layer --------------------------------------------------------
 
@@ -446,6 +440,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     del self._channels[channel]
 
     # -- internals (call with self._lock held) ------------------------------
+
+    def _offer(
+        self, record: _Channel, entry: tuple[float, Message], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Queue a group message's ``entry`` unless the channel is full (it then misses it)."""
+        if len(record.queue) < record.capacity:
+            record.queue.append(entry)
+            if record.waiters:
+                self._wake_one(record, loop)
 
     def _wake_one(self, record: _Channel, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the first live waiter of ``record``, removing it from the waiters."""

@@ -31,6 +31,7 @@ import asyncio
 
 from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.transports._http import (
+    race,
     read_body,
     refuse,
     respond,
@@ -65,23 +66,16 @@ async def serve_poll(
             return
         hold = 0.0 if opening.session is not None else settings.poll_hold
         batch: list[str] = []
+        answered = False
 
         async def wait() -> None:
+            nonlocal answered
             batch.extend(await _next(attachment, hold))
+            answered = True
 
-        loop = asyncio.get_running_loop()
-        waiting = loop.create_task(wait())
-        leaving = loop.create_task(until_disconnect(receive))
-        try:
-            await asyncio.wait([waiting, leaving], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiting, leaving):
-                task.cancel()
-            await asyncio.gather(waiting, leaving, return_exceptions=True)
-        if leaving.done() and not leaving.cancelled() and not waiting.done():
+        await race(wait(), until_disconnect(receive))
+        if not answered:
             return  # the client left while we held the request
-        if waiting.done() and not waiting.cancelled() and waiting.exception() is not None:
-            raise waiting.exception()  # type: ignore[misc]
         body = "[" + ",".join([opening.envelope("longpoll"), *batch]) + "]"
         await respond(
             send, 200, body.encode(), content_type=b"application/json", headers=decision.headers
