@@ -204,9 +204,10 @@ class HostSpec:
 
     def _sentinel(self) -> HostClients:
         sentinel_kwargs = {**SENTINEL_DEFAULTS, **(self.sentinel_kwargs or {})}
-        manager = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.sentinels), sentinel_kwargs=sentinel_kwargs
-        )
+        # Through Any: redis-py's Sentinel gained annotations in 8.x (the
+        # lower bound we support has none).
+        sentinel_class: Any = Sentinel
+        manager = sentinel_class(list(self.sentinels), sentinel_kwargs=sentinel_kwargs)
         name = self.master_name or ""
         clients = [
             manager.master_for(
