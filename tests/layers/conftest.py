@@ -85,6 +85,7 @@ class FakeClock:
 LAYER_BACKENDS: dict[str, BackendSpec] = {
     "inmemory": BackendSpec(fixture="inmemory_backend", fake_clock=True),
     "redis": BackendSpec(fixture="redis_backend", fake_clock=False),
+    "redis-py": BackendSpec(fixture="redis_py_backend", fake_clock=False),
 }
 
 
@@ -129,13 +130,30 @@ def inmemory_backend(fake_clock: FakeClock) -> LayerBackend:
 @pytest.fixture
 async def redis_backend(redis_url: str) -> AsyncIterator[LayerBackend]:
     """The Redis layer on the run's private redis-server, under a key prefix of its own."""
+    async for backend in _redis_backend("redis", redis_url):
+        yield backend
+
+
+@pytest.fixture
+async def redis_py_backend(redis_url: str) -> AsyncIterator[LayerBackend]:
+    """The Redis layer talking through redis-py, as it does for hosts the lean client can't serve.
+
+    ``health_check_interval`` is a redis-py option the lean client does not
+    know, so the host goes through redis-py (as Sentinel, Cluster and TLS do).
+    """
+    host = {"address": redis_url, "health_check_interval": 30}
+    async for backend in _redis_backend("redis-py", host):
+        yield backend
+
+
+async def _redis_backend(name: str, host: object) -> AsyncIterator[LayerBackend]:
     from tidings.layers.redis import RedisChannelLayer
 
     prefix = f"test-{secrets.token_hex(6)}"
     made: list[RedisChannelLayer] = []
 
     def make(**options: Any) -> BaseChannelLayer:
-        layer = RedisChannelLayer([redis_url], prefix=prefix, **options)
+        layer = RedisChannelLayer([host], prefix=prefix, **options)
         made.append(layer)
         return layer
 
@@ -147,7 +165,7 @@ async def redis_backend(redis_url: str) -> AsyncIterator[LayerBackend]:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    yield LayerBackend(name="redis", make=make, advance=advance, settle=settle)
+    yield LayerBackend(name=name, make=make, advance=advance, settle=settle)
     for layer in made:
         await layer.flush()
         await layer.close()

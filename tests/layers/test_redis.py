@@ -105,17 +105,21 @@ class RedisServer:
         )
         deadline = time.monotonic() + GUARD
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
+            if self.answers():
+                return
             time.sleep(0.02)
         self.kill()
         log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+
+    def answers(self) -> bool:
+        """Whether the server answers a PING (one with a password answers NOAUTH)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -362,6 +366,76 @@ async def test_shared_channels_in_groups(make_layer: Callable[..., RedisChannelL
     await layer.group_send("room", {"type": "again"})
     assert await receive(layer, channel) == {"type": "again"}
     await assert_empty(worker, "audit.log")
+
+
+# -- delivery: published to a listening node, queued otherwise ------------------------------
+
+
+async def test_messages_queued_before_a_node_listens_come_first_and_in_order(
+    make_layer: Callable[..., RedisChannelLayer], raw: Redis
+) -> None:
+    # The owner's receive loop is not running: the first messages queue on its inbox
+    # list. They keep coming while the loop starts, subscribes and pops the list;
+    # those published meanwhile must wait for the popped ones (the listener holds them).
+    owner, sender = make_layer(capacity=1000), make_layer(capacity=1000)
+    channel = f"specific.{owner.node}!{secrets.token_hex(8)}"
+    count = 400
+
+    async def produce() -> None:
+        for n in range(count):
+            await sender.send(channel, {"type": "seq", "n": n})
+            if n == 100:
+                started.set()
+
+    started = asyncio.Event()
+    producing = asyncio.create_task(produce())
+    await asyncio.wait_for(started.wait(), GUARD)
+    inbox = Keys(owner.prefix, 0).inbox(owner.node)
+    assert await raw.llen(inbox) > 0  # nobody listened yet: queued
+    got = [(await receive(owner, channel))["n"] for _ in range(count)]
+    await producing
+    assert got == list(range(count))
+    # Now the node listens: nothing is queued any more, entries go straight to it.
+    await sender.send(channel, {"type": "seq", "n": count})
+    assert (await receive(owner, channel))["n"] == count
+    assert await raw.llen(inbox) == 0
+    numsub = await raw.pubsub_numsub(inbox)
+    assert numsub == [(inbox.encode(), 1)]
+
+
+async def test_a_lost_subscription_is_replaced_and_loses_nothing_queued(
+    make_layer: Callable[..., RedisChannelLayer], raw: Redis
+) -> None:
+    owner, sender = make_layer(), make_layer()
+    channel = await owner.new_channel()
+    await sender.send(channel, {"type": "first"})
+    assert await receive(owner, channel) == {"type": "first"}
+    inbox = Keys(owner.prefix, 0).inbox(owner.node)
+    # Kill the owner's subscription (the only subscriber of its inbox channel).
+    clients = await raw.client_list()
+    subscribed = [c for c in clients if c.get("sub") not in ("0", 0, None)]
+    ids = []
+    for client in subscribed:
+        ids.append(client["id"])
+    assert await raw.pubsub_numsub(inbox) == [(inbox.encode(), 1)]
+    killed = 0
+    for client_id in ids:
+        await raw.client_kill_filter(_id=client_id)
+        killed += 1
+        if await raw.pubsub_numsub(inbox) == [(inbox.encode(), 0)]:
+            break
+    assert killed
+    # While nobody listens, sends queue on the list; the loop subscribes again and pops them.
+    for n in range(20):
+        await sender.send(channel, {"type": "again", "n": n})
+    got = [(await receive(owner, channel))["n"] for _ in range(20)]
+    assert got == list(range(20))
+
+    async def listening() -> bool:
+        return bool(await raw.pubsub_numsub(inbox) == [(inbox.encode(), 1)])
+
+    await wait_until(listening, "the owner subscribes again")
+    await assert_empty(owner, channel)
 
 
 # -- shared channels -------------------------------------------------------------------

@@ -9,10 +9,11 @@
   ``ssl``, ``socket_timeout``...), where ``address`` may give a URL or a
   ``(host, port)`` pair, plus these keys of ours:
 
-  - ``max_connections``: connections per event loop in the pool that the
-    layer's commands share (default ``DEFAULT_MAX_CONNECTIONS``). The pool
-    *blocks* when they are all in use, for up to ``pool_timeout`` seconds
-    (default ``DEFAULT_POOL_TIMEOUT``), so bursts queue instead of failing;
+  - ``max_connections``: per event loop, the connections for blocking
+    receives on shared channels (lean client), or the pool that all commands
+    share (redis-py); default ``DEFAULT_MAX_CONNECTIONS``. Callers *wait*
+    when they are all in use, for up to ``pool_timeout`` seconds (default
+    ``DEFAULT_POOL_TIMEOUT``), so bursts queue instead of failing;
   - ``sentinels`` (a list of ``(host, port)``) with ``master_name``, and
     optionally ``sentinel_kwargs`` (client options for the sentinels, over
     ``SENTINEL_DEFAULTS``): connect to the master that Redis Sentinel names,
@@ -29,6 +30,13 @@ jump consistent hashing (Lamping and Veach, 2014) of the channel, group or
 node name, so adding a host moves only about 1/n of the names. All
 processes of one layer must list the same hosts in the same order.
 
+**Which client.** A plain host whose options are all among
+``LEAN_OPTIONS`` (``db``, ``username``, ``password``, ``client_name``,
+``socket_timeout``, ``socket_connect_timeout``, ``retry``) is served by the
+lean client of :mod:`tidings.layers._resp`: non-blocking commands share one
+pipelined connection. TLS (``rediss://``), Sentinel, Cluster and any other
+option go through redis-py's clients and pools.
+
 Nothing here connects at import or construction: clients are built per
 event loop by the layer when it first needs them.
 """
@@ -43,9 +51,12 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from tidings.layers._resp import LEAN_OPTIONS, RespClient
 
 __all__ = [
     "BLOCK_TIMEOUT",
@@ -156,7 +167,51 @@ class HostSpec:
             return HostClients(main=self._cluster(reader=False), reader=self._cluster(reader=True))
         if self.kind == "sentinel":
             return self._sentinel()
+        lean = self._lean_kwargs()
+        if lean is not None:
+            return HostClients(
+                main=RespClient(**lean, max_blocking=self.max_connections),
+                # The receive loop handles every error itself (backoff, resync) and
+                # bounds each step with its own timeout.
+                reader=RespClient(**{**lean, "retries": 0, "socket_timeout": None}),
+            )
         return HostClients(main=self._plain(reader=False), reader=self._plain(reader=True))
+
+    def _lean_kwargs(self) -> dict[str, Any] | None:
+        """Arguments of :class:`RespClient` for this host, or ``None`` if it needs redis-py.
+
+        TLS, and options beyond ``LEAN_OPTIONS`` (in the dict or the URL's
+        query), go through redis-py.
+        """
+        if self.kind != "plain":
+            return None
+        options: dict[str, Any] = dict(self.options)
+        if self.url is not None:
+            if self.url.startswith("rediss:"):
+                return None
+            parsed = dict(parse_url(self.url))
+            if parsed.pop("connection_class", None) not in (None, UnixDomainSocketConnection):
+                return None
+            options = {**parsed, **options}
+        else:
+            options.update(host=self.host, port=self.port)
+        retry = options.pop("retry", None)
+        if not set(options) <= LEAN_OPTIONS | {"host", "port", "path"}:
+            return None
+        if options.pop("decode_responses", False):
+            return None  # the layer reads bytes; redis-py would say so
+        retries = COMMAND_RETRIES
+        if retry is not None:
+            retries = int(getattr(retry, "_retries", COMMAND_RETRIES))
+        timeout = options.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        connect_timeout = options.pop("socket_connect_timeout", None)
+        return {
+            **options,
+            "socket_timeout": None if timeout is None else float(timeout),
+            "connect_timeout": connect_timeout,
+            "retries": max(0, retries),
+            "pool_timeout": self.pool_timeout,
+        }
 
     def _kwargs(self, *, reader: bool) -> dict[str, Any]:
         kwargs = dict(self.options)

@@ -131,6 +131,19 @@ local function push(key, now, expiry, body)
   redis.call('RPUSH', key, deadline(now + expiry) .. body)
   redis.call('PEXPIRE', key, expiry + 1000)
 end
+
+-- Hand an entry to a node: published straight to its receive loop when that
+-- listens and nothing is queued before it (so nothing queued is overtaken),
+-- else queued on its inbox list. publish: '1', or '' for list only.
+local function deliver(inbox, now, expiry, body, publish)
+  if publish == '1' and redis.call('LLEN', inbox) == 0 then
+    if redis.call('PUBLISH', inbox, deadline(now + expiry) .. body) > 0 then return end
+  end
+  push(inbox, now, expiry, body)
+  if publish == '1' and redis.call('LLEN', inbox) == 1 then
+    redis.call('PUBLISH', inbox, 'W')  -- wake the node: its list is no longer empty
+  end
+end
 """
 
 
@@ -142,7 +155,8 @@ SEND: Final = _script(
     "send",
     """
 -- KEYS: queue (channel list or node inbox), full-set of the node (or the queue again)
--- ARGV: expiry ms, capacity, body, member of the full-set to refuse ('' for none)
+-- ARGV: expiry ms, capacity, body, member of the full-set to refuse ('' for none),
+--       '1' to publish to a listening node ('' for a channel list or a cluster)
 -- Returns 1 if queued, 0 if the channel is full.
 local now = now_ms()
 local expiry = tonumber(ARGV[1])
@@ -153,7 +167,7 @@ prune(KEYS[1], now)
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
 end
-push(KEYS[1], now, expiry, ARGV[3])
+deliver(KEYS[1], now, expiry, ARGV[3], ARGV[5])
 return 1
 """,
 )
@@ -184,7 +198,7 @@ GROUP_ADD: Final = _script(
 -- KEYS: members zset, nodes hash, plain-members zset, inbox of the channel's node
 -- ARGV: channel, node ('' for a plain channel), group expiry ms, age ms,
 --       '1' to keep an existing membership's time (re-registration),
---       control body for the node's inbox ('' for none), expiry ms
+--       control body for the node's inbox ('' for none), expiry ms, publish flag
 local now = now_ms()
 local group_expiry = tonumber(ARGV[3])
 local score = now - tonumber(ARGV[4])
@@ -208,7 +222,7 @@ for i = 1, 3 do
   redis.call('PEXPIRE', KEYS[i], group_expiry)
 end
 if ARGV[6] ~= '' then
-  push(KEYS[4], now, tonumber(ARGV[7]), ARGV[6])
+  deliver(KEYS[4], now, tonumber(ARGV[7]), ARGV[6], ARGV[8])
 end
 return added
 """,
@@ -218,7 +232,8 @@ GROUP_DISCARD: Final = _script(
     "group_discard",
     """
 -- KEYS: members zset, nodes hash, plain-members zset, inbox of the channel's node
--- ARGV: channel, node ('' for a plain channel), control body ('' for none), expiry ms
+-- ARGV: channel, node ('' for a plain channel), control body ('' for none), expiry ms,
+--       publish flag
 local channel, node = ARGV[1], ARGV[2]
 local removed
 if node == '' then
@@ -230,7 +245,7 @@ else
   end
 end
 if ARGV[3] ~= '' then
-  push(KEYS[4], now_ms(), tonumber(ARGV[4]), ARGV[3])
+  deliver(KEYS[4], now_ms(), tonumber(ARGV[4]), ARGV[3], ARGV[5])
 end
 return removed
 """,
@@ -241,7 +256,8 @@ GROUP_SEND: Final = _script(
     """
 -- KEYS: members zset, nodes hash, plain-members zset
 -- ARGV: group expiry ms, expiry ms, inbox capacity, body, node to skip (the
---       sender's own, served in-process), inbox key prefix (tagged like KEYS)
+--       sender's own, served in-process), inbox key prefix (tagged like KEYS),
+--       publish flag
 -- Queues one entry per node with members; returns {entries queued, plain members}.
 local now = now_ms()
 local group_expiry = tonumber(ARGV[1])
@@ -255,7 +271,7 @@ for _, node in ipairs(redis.call('HKEYS', KEYS[2])) do
     local inbox = ARGV[6] .. node
     prune(inbox, now)
     if redis.call('LLEN', inbox) < capacity then
-      push(inbox, now, expiry, body)
+      deliver(inbox, now, expiry, body, ARGV[7])
       queued = queued + 1
     end
   end

@@ -183,7 +183,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         self.valid_channel_name(channel)
         self.require_message(message)
-        snapshot = _isolate(message)
+        self._put(channel, _isolate(message))
+
+    def _put(self, channel: str, snapshot: Message) -> None:
+        """``send`` of a checked name and a message nobody else holds (no await inside)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             now = self._clock()
@@ -352,6 +355,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         self.valid_group_name(group)
         self.valid_channel_name(channel)
+        self._join(group, channel)
+
+    def _join(self, group: str, channel: str) -> None:
+        """``group_add`` of checked names (no await inside)."""
         with self._lock:
             now = self._clock()
             self._maybe_sweep(now)
@@ -366,6 +373,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         self.valid_group_name(group)
         self.valid_channel_name(channel)
+        self._leave(group, channel)
+
+    def _leave(self, group: str, channel: str) -> None:
+        """``group_discard`` of checked names (no await inside)."""
         with self._lock:
             self._remove_membership(group, channel)
 
@@ -381,7 +392,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         self.valid_group_name(group)
         self.require_message(message)
-        snapshot = _isolate(message)
+        self._group_put(group, _isolate(message))
+
+    def _group_put(self, group: str, snapshot: Message) -> None:
+        """``group_send`` of a checked name and a message nobody else holds (no await inside)."""
         loop = asyncio.get_running_loop()
         direct = self._direct if self._direct and snapshot.get("type") == "websocket.send" else None
         handed: list[tuple[_Channel, Callable[[Message], bool]]] = []

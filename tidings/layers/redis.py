@@ -21,9 +21,26 @@ keeps their queues in memory, in an :class:`~tidings.layers.InMemoryChannelLayer
 (capacity, expiry, cancellation-safe receives, wake-ups across event loops
 and threads), together with the memberships of its channels. A send to a
 channel of the sender's own node never touches Redis. A send to another
-node's channel is one script run that appends ``D <channel> <payload>`` to
-that node's *inbox* list. Each node runs one receive loop per shard that
-pops its inbox in batches and routes the entries to its local queues.
+node's channel is one script run that hands ``D <channel> <payload>`` to
+that node's *inbox*. Each node runs one receive loop per shard that routes
+its inbox's entries to its local queues.
+
+**Delivery.** A receive loop on the lean client (:mod:`tidings.layers._resp`)
+*listens*: it holds a ``SUBSCRIBE`` to a pub/sub channel named like its
+inbox key. A script publishes an entry straight to a listening node whose
+inbox list is empty, so a message costs that node no command at all.
+Otherwise (nobody listens, or entries are already queued) the entry is
+appended to the inbox *list*, and a ``W`` is published when the list was
+empty; the node then pops the list in batches until a pop comes back
+short. A node that (re)subscribes pops what queued meanwhile first, and
+holds what is published during a pop until the popped entries are routed,
+so entries from one sender keep their order (see :class:`_Listener`). The
+subscription is pinged at every marker check and replaced when it drops
+or stops answering; entries Redis had already pushed to a dropped
+subscription are lost, as any message in flight may be. Loops on redis-py
+clients (Sentinel, TLS, other redis-py options) and every loop of a Redis
+Cluster deployment (whose PUBLISH reaches every cluster node) wait on the
+list instead: ``BLMOVE`` then a pop.
 
 **Groups.** Redis holds, per group, the members with the time they were
 added (a sorted set, so memberships expire after ``group_expiry``) and the
@@ -85,7 +102,12 @@ another server (a new run id): a Sentinel fail-over, whose new master may
 lack the old master's last writes (those of the seconds when both were
 masters are lost), or a restart that loaded older data.
 
-**Event loops.** redis.asyncio connections belong to the loop that opened
+**Clients.** Plain hosts are served by the lean client of
+:mod:`tidings.layers._resp` (one pipelined connection for all commands,
+replies parsed by hiredis), others by redis-py (see
+:mod:`tidings.layers._redis_hosts`).
+
+**Event loops.** Connections belong to the loop that opened
 them, so clients are kept per event loop. A guard task in each loop closes
 that loop's clients when the loop shuts down (``asyncio.run`` and
 ``async_to_sync`` cancel it), so ``async_to_sync(layer.group_send)`` works
@@ -133,6 +155,7 @@ from tidings.layers._redis_scripts import (
     Keys,
     Script,
 )
+from tidings.layers._resp import RespClient, RespConnection
 from tidings.layers.base import (
     DEFAULT_CAPACITY,
     DEFAULT_EXPIRY,
@@ -236,6 +259,67 @@ class _Readers:
         return self.running and not self.loop.is_closed()
 
 
+class _Listener:
+    """A receive loop's subscription to its node's inbox channel (lean clients only).
+
+    Scripts publish an entry to a node whose inbox list is empty and that
+    listens (see ``deliver`` in :mod:`tidings.layers._redis_scripts`), so a
+    message costs the node no command: it is routed as it arrives. Otherwise
+    the entry is queued on the list and, when the list was empty, a ``W``
+    (wake) is published; the loop then pops the list until a pop comes back
+    short. Entries published meanwhile are newer than everything queued, so
+    they are *held* until the popped ones are routed. A new subscription
+    holds from the start: what queued while nobody listened goes first.
+    """
+
+    def __init__(self, route: Callable[[bytes], None]) -> None:
+        self.route = route
+        self.connection: RespConnection | None = None
+        self.woken = asyncio.Event()
+        self.lost = False
+        self.held: list[bytes] | None = []
+        self.ponged = True
+
+    def on_push(self, reply: Any) -> None:
+        if reply is None:
+            self.lost = True
+            self.woken.set()
+            return
+        kind = reply[0]
+        if kind == b"message":
+            data = reply[2]
+            if data == b"W":
+                self.woken.set()
+            elif self.held is not None:
+                self.held.append(data)
+            else:
+                self.route(data)
+        elif kind == b"subscribe":
+            self.woken.set()  # pop what queued before
+        elif kind == b"pong":
+            self.ponged = True
+
+    def release(self) -> None:
+        """Route the held entries and stop holding."""
+        held, self.held = self.held, None
+        for entry in held or ():
+            self.route(entry)
+
+    def ping(self) -> None:
+        """Check the subscription: drop it if the last ping went unanswered, else ping."""
+        if self.connection is None or self.lost:
+            return
+        if not self.ponged:
+            self.connection.abort(RedisTimeoutError("the inbox subscription stopped answering"))
+            return
+        self.ponged = False
+        self.connection.write(b"*1\r\n$4\r\nPING\r\n")
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
 class RedisChannelLayer(BaseChannelLayer):
     """A channel layer on Redis: many processes, many hosts, per-node group fan-out.
 
@@ -296,6 +380,9 @@ class RedisChannelLayer(BaseChannelLayer):
         self._shard_count = self.hosts[0].shards if cluster else len(self.hosts)
         self._shard_host = [0 if cluster else shard for shard in range(self._shard_count)]
         self._keys = [Keys(prefix, shard) for shard in range(self._shard_count)]
+        # Scripts publish entries to listening nodes, except in a cluster (where
+        # PUBLISH goes to every node of the cluster).
+        self._publish = "" if cluster else "1"
         self._expiry_ms = max(1, round(self.expiry * 1000))
         self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
         self._local = InMemoryChannelLayer(
@@ -344,7 +431,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 shard,
                 SEND,
                 [keys.inbox(node), keys.full(node)],
-                [self._expiry_ms, self.inbox_capacity, body, channel],
+                [self._expiry_ms, self.inbox_capacity, body, channel, self._publish],
             )
         else:
             queued = await self._send_shared(channel, self._codec.seal(payload))
@@ -354,7 +441,7 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _send_shared(self, channel: str, sealed: bytes) -> bool:
         shard = self._shard_of(channel)
         key = self._keys[shard].channel(channel)
-        args = [self._expiry_ms, self.get_capacity(channel), sealed, ""]
+        args = [self._expiry_ms, self.get_capacity(channel), sealed, "", ""]
         return bool(await self._run(shard, SEND, [key, key], args))
 
     async def receive(self, channel: str) -> Message:
@@ -480,7 +567,16 @@ class RedisChannelLayer(BaseChannelLayer):
                 shard,
                 GROUP_ADD,
                 self._keys[shard].group(group, node or "-"),
-                [channel, node, self._group_expiry_ms, 0, 0, control, self._expiry_ms],
+                [
+                    channel,
+                    node,
+                    self._group_expiry_ms,
+                    0,
+                    0,
+                    control,
+                    self._expiry_ms,
+                    self._publish,
+                ],
             )
         except RedisUnavailable:
             if node == self._node and not was_member:
@@ -510,7 +606,7 @@ class RedisChannelLayer(BaseChannelLayer):
             shard,
             GROUP_DISCARD,
             self._keys[shard].group(group, node or "-"),
-            [channel, node, control, self._expiry_ms],
+            [channel, node, control, self._expiry_ms, self._publish],
         )
 
     async def group_send(self, group: str, message: Message) -> None:
@@ -544,6 +640,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 b"G" + group.encode() + b" " + sealed,
                 self._node,
                 keys.inbox(""),
+                self._publish,
             ],
         )
         if shared:
@@ -640,8 +737,11 @@ class RedisChannelLayer(BaseChannelLayer):
     ) -> Any:
         """Run ``script`` on ``shard`` (EVALSHA, loading it on NOSCRIPT)."""
         client = self._clients(shard).main
-        with self._unavailable(shard):
+        try:  # (not self._unavailable: this is every send's path, and a try is cheaper)
             return await _evaluate(client, script, keys, args)
+        except _UNAVAILABLE as exc:
+            where = self.hosts[self._shard_host[shard]].describe()
+            raise RedisUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
 
     # -- this node's state --------------------------------------------------
 
@@ -734,82 +834,122 @@ class RedisChannelLayer(BaseChannelLayer):
             return
         clients = state.hosts[self._shard_host[shard]]
         reader = clients.reader
-        while not readers.stopping(state):
-            try:
-                async with asyncio.timeout(block_timeout + READER_GRACE):
-                    if time.monotonic() >= next_check:
-                        moved = False
-                        if identify and (server is None or down_since is not None):
-                            known, server = server, await _run_id(reader)
-                            identify = server is not None
-                            moved = known is not None and server not in (None, known)
-                        if unregistered or moved or not await reader.expire(marker, MARKER_TTL):
-                            # The marker first: data lost meanwhile takes it too.
-                            unregistered = True
-                            await reader.set(marker, b"1", ex=MARKER_TTL)
-                            await self._register_again(shard, clients.main)
-                            unregistered = False
-                        next_check = time.monotonic() + MARKER_CHECK_INTERVAL
-                    entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
-                if down_since is not None:
-                    logger.warning(
-                        "Redis at %s is reachable again after %.1f s; node %s resumed",
-                        where,
-                        time.monotonic() - down_since,
-                        self._node,
-                    )
-                    down_since, delay = None, BACKOFF_MIN
-                for entry in entries:
-                    await self._route(entry)
-                if len(entries) == INBOX_BATCH:
-                    continue  # more may be waiting; a short pop means the inbox is empty
-                if readers.stopping(state):
-                    return
-                async with asyncio.timeout(block_timeout + READER_GRACE):
-                    await reader.blmove(inbox, inbox, block_timeout, "LEFT", "LEFT")
-            except asyncio.CancelledError:
-                raise
-            except (*_UNAVAILABLE, RedisUnavailable, TimeoutError) as exc:
-                if readers.stopping(state):
-                    return
-                if down_since is None:
-                    down_since = time.monotonic()
-                    logger.warning(
-                        "Redis at %s is unreachable (%s); node %s retrying with backoff",
-                        where,
-                        exc,
-                        self._node,
-                    )
-                next_check = 0.0
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, BACKOFF_MAX)
-            except Exception:
-                logger.exception("unexpected error in the receive loop of node %s", self._node)
-                await asyncio.sleep(BACKOFF_MAX)
+        drained = False  # the last pop took what there was: wait before popping again
+        # The lean client listens on the inbox's channel (see _Listener); redis-py
+        # clients wait on the list with BLMOVE.
+        listens = isinstance(reader, RespClient) and self._publish == "1"
+        listener: _Listener | None = None
+        popped = False
+        try:
+            while not readers.stopping(state):
+                try:
+                    async with asyncio.timeout(block_timeout + READER_GRACE):
+                        if time.monotonic() >= next_check:
+                            moved = False
+                            if identify and (server is None or down_since is not None):
+                                known, server = server, await _run_id(reader)
+                                identify = server is not None
+                                moved = known is not None and server not in (None, known)
+                            if unregistered or moved or not await reader.expire(marker, MARKER_TTL):
+                                # The marker first: data lost meanwhile takes it too.
+                                unregistered = True
+                                await reader.set(marker, b"1", ex=MARKER_TTL)
+                                await self._register_again(shard, clients.main)
+                                unregistered = False
+                            if listener is not None:
+                                listener.ping()
+                            next_check = time.monotonic() + MARKER_CHECK_INTERVAL
+                        if listens:
+                            if listener is None or (listener.lost and listener.held is None):
+                                if listener is not None:
+                                    listener.close()
+                                listener = _Listener(self._route)
+                                listener.connection = await reader.subscribe(
+                                    inbox, listener.on_push
+                                )
+                            entries = []
+                            popped = listener.woken.is_set()
+                            if popped:
+                                listener.woken.clear()
+                                entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
+                        elif drained:
+                            entries = await _wait_and_pop(reader, inbox, block_timeout)
+                        else:
+                            entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
+                    if down_since is not None:
+                        logger.warning(
+                            "Redis at %s is reachable again after %.1f s; node %s resumed",
+                            where,
+                            time.monotonic() - down_since,
+                            self._node,
+                        )
+                        down_since, delay = None, BACKOFF_MIN
+                    for entry in entries:
+                        self._route(entry)
+                    # A short pop means the inbox is empty; a full one, that more may wait.
+                    drained = len(entries) < INBOX_BATCH
+                    if listener is not None:
+                        if popped and not drained:
+                            listener.woken.set()  # pop on
+                        elif popped:
+                            listener.release()  # the list is empty: what was held is next
+                        if not listener.woken.is_set():
+                            wait = max(0.0, min(block_timeout, next_check - time.monotonic()))
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(listener.woken.wait(), wait)
+                except asyncio.CancelledError:
+                    raise
+                except (*_UNAVAILABLE, RedisUnavailable, TimeoutError) as exc:
+                    drained = False
+                    if listener is not None:
+                        # Start over: subscribe again, then pop what queued meanwhile.
+                        listener.release()
+                        listener.close()
+                        listener = None
+                    if readers.stopping(state):
+                        return
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        logger.warning(
+                            "Redis at %s is unreachable (%s); node %s retrying with backoff",
+                            where,
+                            exc,
+                            self._node,
+                        )
+                    next_check = 0.0
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, BACKOFF_MAX)
+                except Exception:
+                    logger.exception("unexpected error in the receive loop of node %s", self._node)
+                    await asyncio.sleep(BACKOFF_MAX)
+        finally:
+            if listener is not None:
+                listener.close()
 
-    async def _route(self, entry: bytes) -> None:
-        """Deliver one inbox entry to this node's queues or memberships."""
+    def _route(self, entry: bytes) -> None:
+        """Deliver one inbox entry to this node's queues or memberships (nothing awaits)."""
         kind, rest = entry[ENTRY_HEAD : ENTRY_HEAD + 1], entry[ENTRY_HEAD + 1 :]
         name, _, data = rest.partition(b" ")
+        local = self._local
         try:
             if kind == b"G":
                 group = name.decode()
                 if group in self._memberships:
-                    await self._local.group_send(group, self._codec.read(data))
+                    local._group_put(group, self._codec.read(data))
             elif kind == b"D":
                 channel = name.decode()
                 try:
-                    await self._local.send(channel, self._codec.read(data))
+                    local._put(channel, self._codec.read(data))
                 except ChannelFull:
                     self._mark_full(channel)
             elif kind == b"J":
                 group, channel = name.decode(), data.decode()
                 self._remember(group, channel)
-                await self._local.group_add(group, channel)
+                local._join(group, channel)
             elif kind == b"L":
                 group, channel = name.decode(), data.decode()
                 self._forget(group, channel)
-                await self._local.group_discard(group, channel)
+                local._leave(group, channel)
         except UnreadableMessage as exc:
             shown = name.decode(errors="replace")
             self._log_unreadable(f"group {shown}" if kind == b"G" else shown, exc)
@@ -844,7 +984,16 @@ class RedisChannelLayer(BaseChannelLayer):
                         client,
                         GROUP_ADD,
                         keys.group(group, "-"),
-                        [channel, self._node, self._group_expiry_ms, round(age * 1000), 1, b"", 0],
+                        [
+                            channel,
+                            self._node,
+                            self._group_expiry_ms,
+                            round(age * 1000),
+                            1,
+                            b"",
+                            0,
+                            "",
+                        ],
                     )
                     for group, channel, age in items[start : start + _REREGISTER_BATCH]
                 )
@@ -869,6 +1018,16 @@ async def _run_id(client: Any) -> str | None:
         return None
     run_id = info.get("run_id")
     return str(run_id) if run_id else None
+
+
+async def _wait_and_pop(client: Any, inbox: str, timeout: float) -> Any:
+    """Wait up to ``timeout`` s for entries in ``inbox``, then pop a batch of them.
+
+    The wait is ``BLMOVE inbox inbox LEFT LEFT``: it moves nothing, so losing
+    the connection meanwhile loses nothing. (Loops that listen never wait so.)
+    """
+    await client.blmove(inbox, inbox, timeout, "LEFT", "LEFT")
+    return await _evaluate(client, POP, [inbox], [INBOX_BATCH])
 
 
 async def _evaluate(
