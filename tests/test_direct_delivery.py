@@ -181,3 +181,35 @@ async def test_send_nowait_refuses_what_only_send_may_handle() -> None:
         assert await asyncio.wait_for(client.recv(), GUARD) == b"raw"
         await asyncio.wait_for(done.wait(), GUARD)
     assert results == [False, True, True, False, False, False, False]
+
+
+class Forwarder(AsyncWebsocketConsumer):
+    """Joins "room" and forwards ``room.message`` events through its handler (Channels style)."""
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add("room", self.channel_name)  # type: ignore[union-attr]
+        await self.accept()
+        await self.send(text_data="joined")
+
+    async def room_message(self, event: Message) -> None:
+        await self.send(text_data=event["text"])
+
+
+async def test_handlers_forwarding_one_group_message_share_its_frame() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    async with serve(Forwarder.as_asgi()) as srv:
+        plain = await join(srv.port, 4, compression=None)
+        deflated = await join(srv.port, 2)  # permessage-deflate: never the shared frame
+        for n in range(3):
+            await layer.group_send("room", {"type": "room.message", "text": f"news {n} é"})
+        # Equal text in a new object, then other text: each is framed anew.
+        await layer.group_send("room", {"type": "room.message", "text": "news 2 é"})
+        await layer.group_send("room", {"type": "room.message", "text": "x" * 70_000})
+        for client in plain + deflated:
+            got = [await asyncio.wait_for(client.recv(), GUARD) for _ in range(5)]
+            assert got == ["news 0 é", "news 1 é", "news 2 é", "news 2 é", "x" * 70_000]
+        # Every member's handler sent the very same str: it was framed once.
+        assert server_websocket._FRAME_CACHE[0] == "x" * 70_000
+        for client in plain + deflated:
+            await client.close()

@@ -406,7 +406,16 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             text = message.get("text")
             try:
                 if text is not None:
-                    conn.send_text(text)
+                    if conn.compressing or type(text) is not str:
+                        conn.send_text(text)
+                    else:
+                        # A handler forwarding a group message sends the very same str
+                        # to every member: frame it once per process.
+                        cache = _FRAME_CACHE
+                        if cache[0] is not text:
+                            cache[1] = encode_message(text)
+                            cache[0] = text
+                        conn.send_encoded(cast(bytes, cache[1]))
                 else:
                     data = message.get("bytes")
                     if data is None:
