@@ -354,11 +354,11 @@ _FIXED: dict[str, list[str]] = {
     "Redis socket timeout": ["tidings.layers._redis_hosts.DEFAULT_SOCKET_TIMEOUT"],
     "Redis blocking wait": ["tidings.layers._redis_hosts.BLOCK_TIMEOUT"],
     "Redis command retries": ["tidings.layers._redis_hosts.COMMAND_RETRIES"],
-    "Redis inbox batch": ["tidings.layers.redis.INBOX_BATCH"],
-    "Redis marker check interval": ["tidings.layers.redis.MARKER_CHECK_INTERVAL"],
+    "Redis inbox batch": ["tidings.layers._redis_node.INBOX_BATCH"],
+    "Redis marker check interval": ["tidings.layers._redis_node.MARKER_CHECK_INTERVAL"],
     "Redis reconnect backoff": [
-        "tidings.layers.redis.BACKOFF_MIN",
-        "tidings.layers.redis.BACKOFF_MAX",
+        "tidings.layers._redis_node.BACKOFF_MIN",
+        "tidings.layers._redis_node.BACKOFF_MAX",
     ],
     "live server start-up timeout": [
         "tidings.testing.live.ChannelsLiveServerTestCase.server_startup_timeout"
@@ -379,8 +379,8 @@ _CHECKED_ELSEWHERE = {
 
 # Public numeric constants that the reference need not state, and why.
 _NOT_USER_FACING = {
-    "tidings.layers.redis.MARKER_TTL": "internal: how long a liveness marker outlives a check",
-    "tidings.layers.redis.READER_GRACE": "internal: slack on a receive loop step's timeout",
+    "tidings.layers._redis_node.MARKER_TTL": "internal: how long a liveness marker lasts",
+    "tidings.layers._redis_node.READER_GRACE": "internal: slack on a receive loop step's timeout",
     "tidings.wire.websocket.DEFAULT_MAX_MESSAGE_SIZE": "sans-I/O default; the server passes "
     "--ws-max-message-size",
     "tidings.wire.frames.MAX_CONTROL_PAYLOAD": "RFC 6455 section 5.5",
@@ -418,6 +418,7 @@ _SCANNED_MODULES = [
     "tidings.layers.base",
     "tidings.layers.inmemory",
     "tidings.layers.redis",
+    "tidings.layers._redis_node",
     "tidings.layers._redis_hosts",
     "tidings.layers._names",
     "tidings.wire.deflate",

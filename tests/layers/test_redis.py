@@ -32,7 +32,7 @@ from redis.exceptions import NoPermissionError
 
 from tidings import exceptions
 from tidings.exceptions import ChannelFull, ChannelLayerUnavailable, InvalidChannelLayerError
-from tidings.layers import channel_layers, get_channel_layer
+from tidings.layers import _redis_node, channel_layers, get_channel_layer
 from tidings.layers import redis as redis_layer
 from tidings.layers._redis_hosts import jump_hash, parse_hosts
 from tidings.layers._redis_scripts import ENTRY_HEAD, Keys
@@ -699,7 +699,7 @@ async def test_lost_data_without_a_disconnect_is_noticed(
     make_layer: Callable[..., RedisChannelLayer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(redis_layer, "MARKER_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(_redis_node, "MARKER_CHECK_INTERVAL", 0.05)
     server = servers()
     # A short socket timeout makes the receive loop's blocking waits short too.
     hosts = [{"address": server.url, "socket_timeout": 0.4}]
