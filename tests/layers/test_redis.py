@@ -645,6 +645,23 @@ async def test_receive_on_another_processes_channel_is_refused(
     channel = await owner.new_channel()
     with pytest.raises(ValueError, match="belongs to another process"):
         await other.receive(channel)
+    with pytest.raises(ValueError, match="belongs to another process"):
+        await other.receive(channel)  # refused every time, not only the first
+
+
+async def test_names_receive_has_checked_are_remembered_within_a_bound(
+    make_layer: Callable[..., RedisChannelLayer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_layer, "_CHECKED_NAMES", 3)
+    owner, sender = make_layer(), make_layer()
+    channels = [await owner.new_channel() for _ in range(5)]
+    for n, channel in enumerate(channels * 2):
+        await sender.send(channel, {"type": "m", "n": n})
+        assert (await receive(owner, channel))["n"] == n
+        assert channel in owner._checked and len(owner._checked) <= 3
+    with pytest.raises(TypeError):
+        await owner.receive("bad name!")
+    assert "bad name!" not in owner._checked
 
 
 # -- faults ---------------------------------------------------------------------------------

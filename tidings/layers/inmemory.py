@@ -212,6 +212,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
             TypeError: the channel name is not valid.
         """
         self.valid_channel_name(channel)
+        return await self._receive(channel)
+
+    async def _receive(self, channel: str) -> Message:
+        """``receive`` of a checked name."""
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:

@@ -179,6 +179,8 @@ __all__ = [
 DEFAULT_INBOX_CAPACITY: Final = 1000
 """Unexpired entries a node's inbox may hold (only a stalled or dead node's fills up)."""
 
+_CHECKED_NAMES: Final = 65536  # checked names remembered, then forgotten all at once
+
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
@@ -261,6 +263,9 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         # This node's channels reported full in Redis: channel -> time.monotonic() of the report.
         self._full: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Names of this node's channels that receive() has checked (a receive loop
+        # calls it per message; the checks cost more than the wait's bookkeeping).
+        self._checked: set[str] = set()
 
     @property
     def node(self) -> str:
@@ -319,16 +324,20 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             RedisUnavailable: Redis cannot be reached (shared channels only).
             TypeError: the channel name is not valid.
         """
-        self.valid_channel_name(channel)
-        if "!" not in channel:
-            return await self._receive_shared(channel)
-        if node_of_channel(channel) != self._node:
-            raise ValueError(
-                f"channel {channel!r} belongs to another process; only the layer whose "
-                "new_channel() made it can receive on it"
-            )
+        if channel not in self._checked:
+            self.valid_channel_name(channel)
+            if "!" not in channel:
+                return await self._receive_shared(channel)
+            if node_of_channel(channel) != self._node:
+                raise ValueError(
+                    f"channel {channel!r} belongs to another process; only the layer whose "
+                    "new_channel() made it can receive on it"
+                )
+            if len(self._checked) >= _CHECKED_NAMES:
+                self._checked.clear()
+            self._checked.add(channel)
         self._ensure_readers()
-        message = await self._local.receive(channel)
+        message = await self._local._receive(channel)
         if channel in self._full:
             with self._lock:
                 self._full.pop(channel, None)
