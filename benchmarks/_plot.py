@@ -46,7 +46,7 @@ NAMES = {
     "granian": "granian",
     "channels": "Channels",
     "channels_redis": "channels_redis",
-    "channels_redis_pubsub": "channels_redis pub/sub",
+    "channels_redis_pubsub": "channels_redis\npub/sub",  # two lines: bars are narrow
 }
 COLORS = {
     "tidings": "#0f766e",
