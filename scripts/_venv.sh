@@ -1,5 +1,6 @@
-# Sourced by scripts/demo and scripts/test: make .venv and install Tidings into it.
-# Usage: ensure_venv EXTRAS   (EXTRAS is "" or "dev")
+# Sourced by scripts/demo, scripts/test and scripts/bench: make .venv and install Tidings
+# into it, and install the Debian tools they drive.
+# Usage: ensure_venv EXTRAS   (EXTRAS is "" or "dev");  need BIN PACKAGE
 set -euo pipefail
 
 find_python() {
@@ -42,4 +43,20 @@ ensure_venv() {
         echo "$want" >"$stamp"
         if [ "$extras" = dev ]; then echo "${want%-dev}-base" >>"$stamp"; fi
     fi
+}
+
+# need BIN PACKAGE: make sure BIN is on PATH. Installed from Debian's PACKAGE when it is
+# missing and we are root; otherwise stop, saying what to install.
+need() {
+    local bin="$1" pkg="$2"
+    command -v "$bin" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "$bin missing: installing Debian's $pkg" >&2
+        { [ -n "${apt_updated:-}" ] || apt-get update -qq; } >&2 && apt_updated=1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2
+    fi
+    command -v "$bin" >/dev/null 2>&1 || {
+        echo "error: $bin is needed (Debian: apt-get install $pkg)" >&2
+        exit 1
+    }
 }
