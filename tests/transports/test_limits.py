@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.server._helpers import open_conn, read_response
 from tidings.transports import TransportRouter, TransportSettings
 
 from . import apps
-from ._client import msg, poll, send_items, sse, texts
+from ._client import msg, poll, send_items, session_ws, sse, texts, ws_next
 from .conftest import Harness, LoggedIn, harness
 from .test_resume import lifecycle, until
 
@@ -37,6 +38,7 @@ def test_defaults_are_the_documented_ones() -> None:
         poll_hold=25.0,
         sse_heartbeat=15.0,
         max_sessions_per_user=100,
+        max_sessions=10_000,
         remote_timeout=5.0,
         channel_layer_alias="default",
     )
@@ -55,6 +57,10 @@ def test_defaults_are_the_documented_ones() -> None:
         ("buffer_bytes", 1.5, TypeError),
         ("max_post_size", -1, ValueError),
         ("max_sessions_per_user", False, TypeError),
+        ("max_sessions", 0, ValueError),
+        ("max_sessions", -5, ValueError),
+        ("max_sessions", 10.0, TypeError),
+        ("max_sessions", "10000", TypeError),
         ("channel_layer_alias", "", TypeError),
     ],
 )
@@ -255,3 +261,81 @@ async def test_max_sessions_per_user(logged_in: LoggedIn) -> None:
         assert (await h.client.post(close, headers=headers)).status_code == 204
         await poll(h.client, url, headers=alice.headers)
         assert (await h.client.get(url, headers=alice.headers)).status_code == 429
+
+
+# -- sessions per process ---------------------------------------------------------------
+
+
+async def _refused_over_max_sessions(h: Harness, retry_after: str, **params: str) -> None:
+    """A new session over ``poll``, ``sse`` and ``ws`` gets 503 with ``Retry-After``."""
+    for action in ("poll", "sse"):
+        refused = await h.client.get(h.url(ROOM, tidings=action, **params))
+        assert refused.status_code == 503, (action, refused.status_code)
+        assert refused.headers["retry-after"] == retry_after
+        assert "too many sessions" in refused.text
+    with pytest.raises(InvalidStatus) as denied:
+        async with session_ws(h.ws_url(ROOM, tidings="ws", **params), h.origin):
+            pass
+    assert denied.value.response.status_code == 503
+    assert denied.value.response.headers["Retry-After"] == retry_after
+
+
+async def test_max_sessions_counts_every_session_and_never_refuses_a_resume(
+    logged_in: LoggedIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anonymous and authenticated sessions fill ``max_sessions``; then new ones get 503
+    (SSE, long-poll, WebSocket handshake) with one warning, resumes still work, and a
+    closed session frees its slot."""
+    caplog.set_level(logging.WARNING, "tidings.transports")
+    async with harness(max_sessions=3, poll_hold=0.2) as h:
+        alice = await logged_in()
+        url = h.url(ROOM, tidings="poll")
+        first = (await poll(h.client, url))[0]["sid"]
+        async with sse(h.client, h.url(ROOM, tidings="sse")) as stream:  # live, attached
+            second = (await stream.next())["sid"]
+        third = (await poll(h.client, url, headers=alice.headers))[0]["sid"]
+        assert h.sessions == 3
+        caplog.clear()
+        started = time.monotonic()
+        await _refused_over_max_sessions(h, "30")
+        # A sid that cannot be resumed asks for a new session: refused as well.
+        await _refused_over_max_sessions(h, "30", sid="A" * 32 + "." + first.partition(".")[2])
+        elapsed = time.monotonic() - started
+        assert [("connect", t) for t in ("longpoll", "sse", "longpoll")] == lifecycle()
+        assert h.sessions == 3
+        # Six refusals, one warning a second at most (a slow machine may span two seconds).
+        warnings = [r for r in caplog.records if "max_sessions" in r.getMessage()]
+        assert 1 <= len(warnings) <= 1 + int(elapsed), (len(warnings), elapsed)
+
+        # Resuming is never refused, over any transport.
+        resumed = await poll(h.client, h.url(ROOM, tidings="poll", sid=first))
+        assert resumed[0]["resumed"] is True
+        async with session_ws(h.ws_url(ROOM, tidings="ws", sid=second), h.origin) as ws:
+            opened = await ws_next(ws)
+            assert opened["resumed"] is True and opened["sid"] == second
+        async with sse(h.client, h.url(ROOM, tidings="sse", sid=third), alice.headers) as stream:
+            opened = await stream.next()
+            assert opened["resumed"] is True and opened["sid"] == third
+
+        # Closing one makes room for exactly one new session.
+        close = h.url(ROOM, tidings="close", sid=second)
+        assert (await h.client.post(close, headers={"Origin": h.origin})).status_code == 204
+        assert h.sessions == 2
+        async with session_ws(h.ws_url(ROOM, tidings="ws"), h.origin) as ws:
+            opened = await ws_next(ws)
+            assert opened["resumed"] is False
+            await _refused_over_max_sessions(h, "30")
+
+
+async def test_an_expired_session_frees_its_slot() -> None:
+    """A session whose client went away holds its slot for ``resume_window``, then frees
+    it; ``Retry-After`` is the resume window rounded up."""
+    async with harness(max_sessions=1, resume_window=0.2) as h:
+        async with sse(h.client, h.url(ROOM, tidings="sse")) as stream:
+            sid = (await stream.next())["sid"]
+            await _refused_over_max_sessions(h, "1")  # attached: it cannot expire meanwhile
+        await until(lambda: h.sessions == 0)
+        await until(lambda: ("disconnect", 1006) in lifecycle())  # expired: its consumer is told
+        fresh = await poll(h.client, h.url(ROOM, tidings="poll", sid=sid))
+        assert fresh[0]["resumed"] is False and fresh[0]["sid"] != sid
+        assert h.sessions == 1

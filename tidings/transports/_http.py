@@ -69,7 +69,8 @@ async def deny(
     """Refuse a session request with ``status``, over HTTP or a WebSocket handshake.
 
     ``body`` and ``headers`` (an application's own refusal) are passed on as
-    they are; otherwise the body is ``reason``. A WebSocket handshake gets the
+    they are; without ``body`` the body is ``reason`` and ``headers`` are
+    added to the plain-text ones. A WebSocket handshake gets the
     status through the ``websocket.http.response`` extension when the server
     has it; otherwise, and for a plain 403, ``websocket.close`` (servers answer
     that with 403).
@@ -82,7 +83,7 @@ async def deny(
             return
     if body is None:
         payload = (reason + "\n").encode()
-        head = [NO_STORE, (b"content-type", _TEXT)]
+        head = [NO_STORE, (b"content-type", _TEXT), *headers]
     else:
         payload = body
         head = [(k, v) for k, v in headers if k.lower() != b"content-length"]

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "DEFAULT_BUFFER_MESSAGES",
     "DEFAULT_MAX_POST_SIZE",
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_SESSIONS_PER_USER",
     "DEFAULT_POLL_HOLD",
     "DEFAULT_REMOTE_TIMEOUT",
@@ -44,6 +45,13 @@ DEFAULT_SSE_HEARTBEAT: Final = 15.0
 #: Open sessions per authenticated user in one process: a generous number of
 #: tabs, small enough that one account cannot exhaust the process.
 DEFAULT_MAX_SESSIONS_PER_USER: Final = 100
+#: Sessions in one process, anonymous ones included, live or waiting for their
+#: client: as many as the server's default --max-connections (10,000), since a
+#: live SSE or WebSocket session holds one connection. Each session holds a
+#: consumer instance and a resume buffer: a few KiB typically, but up to
+#: buffer_bytes, so the worst case with the defaults is still about 10 GiB
+#: (docs/transports.md says how to size the two together).
+DEFAULT_MAX_SESSIONS: Final = 10_000
 #: Seconds a worker waits for the worker that owns a session to answer through
 #: the channel layer (a Redis round trip takes about a millisecond).
 DEFAULT_REMOTE_TIMEOUT: Final = 5.0
@@ -68,6 +76,7 @@ class TransportSettings:
     poll_hold: float = DEFAULT_POLL_HOLD
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT
     max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
     channel_layer_alias: str = "default"
 

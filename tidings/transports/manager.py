@@ -15,8 +15,11 @@ this process's, its user is the requester's (``str(user.pk)``, ``None`` for
 anonymous on both sides) and the messages after ``last`` are still buffered;
 ask the owning process the same through the layer if it is another's; else
 open a new session (``resumed: false``), unless the user already has
-``max_sessions_per_user`` (429). :meth:`SessionManager.find` serves ``send``
-and ``close``: a :class:`Link` to the session, local or remote.
+``max_sessions_per_user`` (429) or the process already holds ``max_sessions``
+sessions (503; every session in :attr:`SessionManager.sessions` counts, from
+its opening until it is removed, so a resume is never refused).
+:meth:`SessionManager.find` serves ``send`` and ``close``: a :class:`Link` to
+the session, local or remote.
 
 With no channel layer (``CHANNEL_LAYERS = {}``) the port is a made-up name
 and sessions of other processes are unknown. A session of this process never
@@ -58,6 +61,10 @@ SHUTDOWN_GRACE: Final = 5.0
 DECISION_TIMEOUT: Final = 10.0
 
 ACCEPTED: Final = Decision(accepted=True)
+
+#: Seconds between two warnings about sessions refused over ``max_sessions``
+#: (the server logs its 503 over --max-connections at most once a second too).
+_REFUSAL_LOG_INTERVAL: Final = 1.0
 
 _TOKEN_BYTES: Final = 24  # 192 bits
 _SID_RE: Final = re.compile(r"([A-Za-z0-9_-]{32})\.([A-Za-z0-9._-]+![A-Za-z0-9._-]*)")
@@ -117,8 +124,9 @@ class LocalLink:
 class Opening:
     """The outcome of :meth:`SessionManager.open`.
 
-    ``status`` is 200, or 429 (nothing else is set then). ``session`` is the
-    new session whose consumer has yet to decide, ``None`` on a resume.
+    ``status`` is 200; or 429 (too many sessions of the user) or 503 (too
+    many sessions in the process), and nothing else is set then. ``session``
+    is the new session whose consumer has yet to decide, ``None`` on a resume.
     """
 
     status: int
@@ -167,6 +175,8 @@ class SessionManager:
         self._hub: RemoteHub | None = None
         self._ready: asyncio.Future[None] | None = None
         self._consumers: set[asyncio.Task[None]] = set()
+        self._refused = 0  # new sessions refused over max_sessions since the last warning
+        self._refused_logged_at = -_REFUSAL_LOG_INTERVAL
 
     async def start(self) -> None:
         """Open the port on the channel layer (once; concurrent callers wait).
@@ -295,6 +305,9 @@ class SessionManager:
         if user is not None and self._per_user.get(user, 0) >= limit:
             logger.warning("User %s already has %d sessions in this process: 429", user, limit)
             return Opening(429)
+        if len(self.sessions) >= self.settings.max_sessions:
+            self._log_refusal()
+            return Opening(503)
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         sid = f"{token}.{self.port}"
         session = Session(token=token, sid=sid, user_key=user, settings=self.settings, owner=self)
@@ -312,6 +325,20 @@ class SessionManager:
         assert attachment is not None
         logger.debug("Session %s opened over %s", session.label, scope.get("transport"))
         return Opening(200, sid, attachment=attachment, link=LocalLink(session), session=session)
+
+    def _log_refusal(self) -> None:
+        # One line a second at most: a flood of refusals must not flood the log.
+        self._refused += 1
+        now = self.loop.time()
+        if now - self._refused_logged_at >= _REFUSAL_LOG_INTERVAL:
+            logger.warning(
+                "Refused %d new session(s): this process holds %d sessions, the limit "
+                "(max_sessions): 503",
+                self._refused,
+                self.settings.max_sessions,
+            )
+            self._refused = 0
+            self._refused_logged_at = now
 
     # -- told by sessions -----------------------------------------------------------------
 

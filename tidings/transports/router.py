@@ -21,7 +21,11 @@ middleware's context). Anything the stack does instead is a refusal:
 ``websocket.close`` or returning is 403, a ``websocket.http.response`` is
 passed on, an exception is 500, accepting by itself means the route does not
 support sessions (501). Then the transport module serves the request with the
-real ``receive``/``send``.
+real ``receive``/``send``, or refuses it when the manager opened no session:
+429 over ``max_sessions_per_user``; 503 with ``Retry-After`` (the resume
+window, rounded up: by then every session that had lost its client has freed
+its slot) over ``max_sessions``. A WebSocket handshake gets these statuses
+through the ``websocket.http.response`` extension, or 403 without it.
 
 An HTTP GET without ``Origin`` (a same-origin ``EventSource`` or ``fetch``
 sends none) gets ``Origin`` built from ``Host`` so that origin validators
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -137,7 +142,8 @@ class TransportRouter(ProtocolTypeRouter):
     Args:
         application_mapping: as for ``ProtocolTypeRouter``; needs ``"websocket"``.
         resume_window, buffer_messages, buffer_bytes, max_post_size, poll_hold,
-        sse_heartbeat, max_sessions_per_user, remote_timeout, channel_layer_alias:
+        sse_heartbeat, max_sessions_per_user, max_sessions, remote_timeout,
+        channel_layer_alias:
             the settings of :class:`~tidings.transports.config.TransportSettings`.
 
     Raises:
@@ -156,6 +162,7 @@ class TransportRouter(ProtocolTypeRouter):
                 raise TypeError(f"TransportRouter got an unknown setting: {exc}") from None
             raise
         self._managers: SessionManager | None = None
+        self._retry_after = (b"retry-after", b"%d" % math.ceil(self.settings.resume_window))
 
     async def _manager(self) -> SessionManager:
         manager = self._managers
@@ -248,8 +255,11 @@ class TransportRouter(ProtocolTypeRouter):
             return
         opening = adopted.opening
         assert opening is not None
-        if opening.status != 200:
-            await _http.deny(scope, send, opening.status, "too many sessions for this user")
+        if opening.status == 429:
+            await _http.deny(scope, send, 429, "too many sessions for this user")
+        elif opening.status != 200:
+            reason = "too many sessions, try again later"
+            await _http.deny(scope, send, opening.status, reason, headers=[self._retry_after])
         elif action == "ws":
             await websocket.serve(opening, receive, send, scope)
         elif action == "sse":
