@@ -130,6 +130,7 @@ def test_help_documents_every_option_with_its_default() -> None:
         "--header-timeout",
         "--keepalive-timeout",
         "--graceful-timeout",
+        "--application-close-timeout",
         "--backlog",
         "--ws-max-message-size",
         "--ws-ping-interval",
@@ -138,6 +139,64 @@ def test_help_documents_every_option_with_its_default() -> None:
         assert flag in out, flag
     assert "(default: 104857600)" in out  # --max-body-size
     assert "(default: 127.0.0.1)" in out
+
+
+def test_application_close_timeout_help_shows_its_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    entry = out[out.rindex("--application-close-timeout ") :].split(" --")[0]
+    assert "cancelled" in entry
+    assert "then it is cancelled (default: 10.0)" in entry, entry
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "--application-close-timeout must be a positive number of seconds, not 0.0"),
+        ("-1", "argument --application-close-timeout: must not be negative"),
+        ("soon", "argument --application-close-timeout: 'soon' is not a number of seconds"),
+        ("nan", "--application-close-timeout must be a positive number of seconds, not nan"),
+    ],
+)
+def test_application_close_timeout_must_be_a_positive_number(value: str, message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "tests.server.apps:hello", "--port", "0",
+         f"--application-close-timeout={value}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_application_close_timeout_reaches_the_server(tmp_path: Path) -> None:
+    """``--application-close-timeout 0.5``: an app that ignores the client leaving is
+    cancelled after half a second, with one warning line and no traceback."""
+    (tmp_path / "lingering.py").write_text(
+        "import asyncio\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http':\n"
+        "        await receive()\n"
+        "        await asyncio.sleep(3600)\n"
+    )
+    port = free_port()
+    args = ["serve", "lingering:app", "--app-dir", str(tmp_path), "--port", str(port)]
+    with tidings([*args, "--application-close-timeout", "0.5"], tmp_path) as proc:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n")
+        proc.wait_for_log("cancelled (--application-close-timeout)")
+        assert proc.stop() == 0
+    warning = "application for GET /stuck still running 0.5 s after its connection closed"
+    assert proc.output.count(warning) == 1, proc.output
+    assert "Traceback" not in proc.output
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -713,3 +714,129 @@ async def test_streaming_app_learns_at_once_that_the_client_left() -> None:
         await reader.readuntil(b"event\n")
         writer.close()
         assert await asyncio.wait_for(got, 5) == "http.disconnect"
+
+
+# -- --application-close-timeout ----------------------------------------------------------
+
+
+def _close_timeout_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if "after its connection closed" in r.getMessage()
+    ]
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_app_ignoring_the_disconnect_is_cancelled_after_application_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request's app still running ``application_close`` s after the client left is
+    cancelled, with one warning naming the request and no error or traceback."""
+    caplog.set_level(logging.WARNING, "tidings.error")
+    loop = asyncio.get_running_loop()
+    request_read = asyncio.Event()
+    cancelled_at: list[float] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await receive()
+        request_read.set()
+        assert (await receive())["type"] == "http.disconnect"
+        try:
+            await asyncio.sleep(3600)  # ignores the disconnect: a leak without the timeout
+        except asyncio.CancelledError:
+            cancelled_at.append(loop.time())
+            raise
+
+    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+        _reader, writer = await open_conn(srv.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(request_read.wait(), 5)
+        closed_at = loop.time()
+        writer.close()
+        await _wait_until(lambda: bool(cancelled_at), 5)
+    # Not before the timeout; at most one sweep interval (1 s) after it, plus slack.
+    assert 0.3 <= cancelled_at[0] - closed_at < 2.5
+    assert _close_timeout_warnings(caplog) == [
+        "application for GET /slow still running 0.3 s after its connection closed; "
+        "cancelled (--application-close-timeout)"
+    ]
+    assert not _errors(caplog)
+
+
+async def test_app_still_running_after_its_response_is_cancelled_once_the_connection_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app that completed its response and goes on running is cancelled once its
+    keep-alive connection is closed and the timeout has passed."""
+    caplog.set_level(logging.WARNING, "tidings.error")
+    cancelled = asyncio.Event()
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await apps.hello(scope, receive, send)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+        reader, writer = await open_conn(srv.port)
+        writer.write(b"GET /after?x=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await read_response(reader)).status == 200
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 5)
+    assert _close_timeout_warnings(caplog) == [
+        "application for GET /after still running 0.3 s after its connection closed; "
+        "cancelled (--application-close-timeout)"
+    ]
+    assert not _errors(caplog)
+
+
+async def test_app_finishing_its_clean_up_in_time_is_not_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app that returns 0.1 s after ``http.disconnect`` (within the 0.3 s timeout)
+    runs to its end: no cancellation, nothing logged, nothing left watched."""
+    caplog.set_level(logging.WARNING, "tidings.error")
+    request_read = asyncio.Event()
+    finished = asyncio.Event()
+    watched: list[bool] = []
+    cancelled: list[bool] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await receive()
+        request_read.set()
+        assert (await receive())["type"] == "http.disconnect"
+        assert srv.server.state is not None
+        watched.append(asyncio.current_task() in srv.server.state.orphans)
+        try:
+            await asyncio.sleep(0.1)  # clean-up after the disconnect
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        finished.set()
+
+    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+        _reader, writer = await open_conn(srv.port)
+        writer.write(GET)
+        await asyncio.wait_for(request_read.wait(), 5)
+        writer.close()
+        await asyncio.wait_for(finished.wait(), 5)
+        # The sweep forgets the finished task; from then on nothing can cancel it.
+        await _wait_until(lambda: srv.server.state is not None and not srv.server.state.orphans, 5)
+    assert watched == [True]  # the timeout was running: this test exercises it
+    assert not cancelled
+    assert not _close_timeout_warnings(caplog)
+    assert not _errors(caplog)
+
+
+async def _wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    """Poll a condition the test cannot await directly (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tidings._types import ASGIReceive, ASGISend, Message, Scope
+from tidings.server.config import Timeouts
 from tidings.server.http11 import ClientDisconnected
 from tidings.server.websocket import WebSocketProtocol
 from tidings.wire import apply_mask, encode_message
@@ -520,6 +521,42 @@ async def test_cancelled_app_closes_with_1001() -> None:
             await ws.recv()
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1001
+
+
+async def test_app_ignoring_the_disconnect_is_cancelled_after_application_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app still running ``application_close`` s after the closing handshake (it was
+    sent ``websocket.disconnect``) is cancelled, with one warning and no error."""
+    caplog.set_level(logging.WARNING, "tidings.error")
+    loop = asyncio.get_running_loop()
+    disconnects: list[Message] = []
+    cancelled_at: list[float] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        disconnects.append(await receive())
+        try:
+            await asyncio.sleep(3600)  # ignores the disconnect: a leak without the timeout
+        except asyncio.CancelledError:
+            cancelled_at.append(loop.time())
+            raise
+
+    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+        async with connect(ws_url(srv, "/live?room=1")) as ws:
+            closed_at = loop.time()
+            await ws.close(1000)
+        await wait_for(lambda: bool(cancelled_at), 5)
+    assert disconnects == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+    # Not before the timeout; at most one sweep interval (1 s) after it, plus slack.
+    assert 0.3 <= cancelled_at[0] - closed_at < 2.5
+    warnings = [r.getMessage() for r in caplog.records if "connection closed" in r.getMessage()]
+    assert warnings == [
+        "application for WebSocket /live still running 0.3 s after its connection closed; "
+        "cancelled (--application-close-timeout)"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_access_log_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,6 +4,12 @@ One ``ServerState`` lives per worker process. Connections register here so the
 once-a-second sweep can enforce timeouts and graceful shutdown can find them;
 the sweep also refreshes the cached ``Date`` header so that no request pays for
 formatting a timestamp.
+
+A connection that ends while its app's task still runs hands the task to
+``orphaned``; the sweep cancels it if it is still running
+``--application-close-timeout`` seconds later (an app that ignores the disconnect
+must not hold its task and what it references until shutdown). Nothing is
+registered for an app that returned before its connection ended.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class ServerState:
         self.access_log = config.access_log
         self.date_header = b""
         self.busy_logged_at = -1.0  # last "--max-connections reached" log line
+        # App tasks whose connection is gone: task -> (deadline, what, path), for the sweep.
+        self.orphans: dict[asyncio.Task[None], tuple[float, str, str]] = {}
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
         self.websocket_upgrade: Callable[[Any, dict[str, Any], bytes], None] | None = None
         self.refresh()
@@ -83,13 +91,43 @@ class ServerState:
             return
         await self._idle.wait()
 
+    def orphaned(self, task: asyncio.Task[None], what: str, path: str) -> None:
+        """The connection ``task`` serves is gone: cancel the task if it outlives the timeout.
+
+        Args:
+            task: the application task (nothing happens if it has finished).
+            what: the request method, or ``WebSocket``, for the log line.
+            path: the request path, for the log line.
+        """
+        if not task.done() and task not in self.orphans:
+            deadline = time.monotonic() + self.config.timeouts.application_close
+            self.orphans[task] = (deadline, what, path)
+
+    def _reap(self, now: float) -> None:
+        orphans = self.orphans
+        for task, (deadline, what, path) in list(orphans.items()):
+            if task.done():
+                del orphans[task]
+            elif now >= deadline:
+                del orphans[task]
+                error_log.warning(
+                    "application for %s %s still running %.1f s after its connection closed; "
+                    "cancelled (--application-close-timeout)",
+                    what,
+                    path,
+                    self.config.timeouts.application_close,
+                )
+                task.cancel()
+
     def refresh(self) -> None:
         """Recompute values cached for one second (the Date header)."""
         self.date_header = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
 
     def sweep(self) -> None:
-        """Run once a second: refresh caches and enforce per-connection timeouts."""
+        """Run once a second: refresh caches, enforce per-connection timeouts, reap orphans."""
         self.refresh()
         now = time.monotonic()
         for conn in list(self.connections):
             conn.check_timeouts(now)
+        if self.orphans:
+            self._reap(now)

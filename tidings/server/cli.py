@@ -192,6 +192,12 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=t.graceful,
         help="seconds in-flight requests get on shutdown",
     )
+    g.add_argument(
+        "--application-close-timeout",
+        type=_seconds,
+        default=t.application_close,
+        help="seconds an app may keep running after its connection closed; then it is cancelled",
+    )
 
     ws = WebSocketSettings()
     g = s.add_argument_group("WebSocket")
@@ -289,6 +295,7 @@ def build_config(ns: argparse.Namespace) -> Config:
             keepalive=ns.keepalive_timeout,
             body=ns.body_timeout,
             graceful=ns.graceful_timeout,
+            application_close=ns.application_close_timeout,
         ),
         websocket=WebSocketSettings(
             max_message_size=ns.ws_max_message_size,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "DEFAULT_APPLICATION_CLOSE_TIMEOUT",
     "DEFAULT_BACKLOG",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_GRACEFUL_TIMEOUT",
@@ -69,6 +70,11 @@ DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 DEFAULT_BODY_TIMEOUT = 30.0
 # On SIGTERM, in-flight requests get this long to finish (gunicorn: 30 s).
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+# An app still running this long after its connection closed (it ignored
+# http.disconnect / websocket.disconnect) is cancelled, so its task and all it
+# holds don't live until shutdown. Daphne's --application-close-timeout is 10 s:
+# ample for an app's clean-up after a disconnect, short enough not to pile up.
+DEFAULT_APPLICATION_CLOSE_TIMEOUT = 10.0
 
 # WebSocket defaults (see docs/reference.md).
 DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024  # 1 MiB, after decompression too
@@ -107,6 +113,8 @@ class Timeouts:
     keepalive: float = DEFAULT_KEEPALIVE_TIMEOUT
     body: float = DEFAULT_BODY_TIMEOUT
     graceful: float = DEFAULT_GRACEFUL_TIMEOUT
+    # From the moment a connection is gone to cancelling its app's task.
+    application_close: float = DEFAULT_APPLICATION_CLOSE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +196,7 @@ class Config:
             ("--keepalive-timeout", t.keepalive),
             ("--body-timeout", t.body),
             ("--graceful-timeout", t.graceful),
+            ("--application-close-timeout", t.application_close),
             ("--ws-handshake-timeout", self.websocket.handshake_timeout),
         ):
             if not value > 0:

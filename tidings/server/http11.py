@@ -19,6 +19,10 @@ Invariants:
   queued before it are answered first.
 - Timeouts are not timers per request: the server's once-a-second sweep calls
   ``check_timeouts``, which keeps the hot path free of ``call_later``.
+- Every cycle whose app task runs is in ``_running`` until the task ends, also
+  after its response is complete: when the connection is lost those tasks go to
+  ``ServerState.orphaned``, which cancels any still running after
+  ``--application-close-timeout``.
 
 What must not go here: WebSocket framing (``tidings.wire`` and
 ``tidings.server.websocket``) and anything that knows about Django.
@@ -142,6 +146,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._parsing: RequestCycle | None = None
         # Requests answered in order.
         self._active: RequestCycle | None = None
+        self._running: set[RequestCycle] = set()  # cycles whose app task has not ended
         self._queue: deque[RequestCycle | _RequestError] = deque()
         self._paused = 0
         self._write_paused = False
@@ -192,10 +197,16 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._closing = True
-        self.state.forget_connection(self)
+        state = self.state
+        state.forget_connection(self)
         for cycle in (self._active, self._parsing):
             if cycle is not None:
                 cycle.on_disconnect()
+        for cycle in self._running:
+            # Also apps still running after their response was complete.
+            cycle.on_disconnect()
+            if cycle.task is not None:
+                state.orphaned(cycle.task, cycle.scope["method"], cycle.scope["path"])
         for item in self._queue:
             if isinstance(item, RequestCycle):
                 item.on_disconnect()
@@ -433,6 +444,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
 
     def _start(self, cycle: RequestCycle) -> None:
         self._active = cycle
+        self._running.add(cycle)
         task = self.loop.create_task(cycle.run(self.state.app))
         cycle.task = task
         self.state.tasks.add(task)
@@ -722,6 +734,7 @@ class RequestCycle:
                     error_log.error("ASGI application returned without completing the response")
                 self._fail_response()
         finally:
+            protocol._running.discard(self)
             if self.task is not None:
                 protocol.state.forget_task(self.task)
 

@@ -28,7 +28,9 @@ Phases (``_phase``)::
   reason; the code we failed the connection with; 1006 when the TCP connection ended
   without a closing handshake or the handshake never completed) after every message
   received before it. ``send()`` raises ``ClientDisconnected`` (an ``OSError``), except
-  that a repeated ``websocket.close`` after the app's own is a no-op.
+  that a repeated ``websocket.close`` after the app's own is a no-op. An app task still
+  running on entering DONE goes to ``ServerState.orphaned``: cancelled if it has not
+  returned ``--application-close-timeout`` seconds later.
 
 Flow control: the transport's high-water mark is the smaller of ``--write-high-water``
 and ``--ws-max-send-buffer``. ``send()`` waits while the transport is above it
@@ -702,6 +704,9 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(disconnect)
+        task = self.task
+        if task is not None:
+            self.state.orphaned(task, "WebSocket", self.scope["path"])
 
     def _flush(self) -> None:
         """Write what the core queued (pongs, close frames, pings)."""
