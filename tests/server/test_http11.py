@@ -217,6 +217,30 @@ async def test_response_trailers() -> None:
     assert r2.body == b"abcdef"
 
 
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+async def test_announced_trailers_that_never_come_still_end_the_response(
+    ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The app announces trailers, sends its body, then returns (or fails) without them:
+    # the chunked message must still end, and the connection must not be reused.
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc"})
+        if ending == "raises":
+            raise ValueError("no trailers after all")
+
+    caplog.set_level(logging.ERROR, logger="tidings.error")
+    async with serve(app) as srv:
+        reader, writer = await open_conn(srv.port)
+        writer.write(GET + GET)
+        r = await asyncio.wait_for(read_response(reader), 5)
+        assert r.body == b"abc" and r.trailers == []
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, second not served
+        writer.close()
+    expected = "without the trailers" if ending == "returns" else "Exception in ASGI"
+    assert any(expected in record.getMessage() for record in caplog.records)
+
+
 async def test_pathsend(tmp_path: Any) -> None:
     path = tmp_path / "f.bin"
     data = bytes(range(256)) * 4096

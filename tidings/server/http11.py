@@ -733,6 +733,10 @@ class RequestCycle:
                 if not self.disconnected:
                     error_log.error("ASGI application returned without completing the response")
                 self._fail_response()
+            elif self.trailers:
+                if not self.disconnected:
+                    error_log.error("ASGI application returned without the trailers it announced")
+                self._fail_response()
         finally:
             protocol._running.discard(self)
             if self.task is not None:
@@ -740,6 +744,20 @@ class RequestCycle:
 
     def _fail_response(self) -> None:
         if self.response_complete:
+            if self.trailers:
+                # The body went out but the announced trailers never came: end the
+                # chunked message with an empty trailer section (it must not stay
+                # open: the connection would hang), and don't reuse the connection.
+                self.trailers = False
+                self.keep_alive = False
+                if (
+                    self.chunked
+                    and self.head_written
+                    and not (self.is_head or self.no_body or self.disconnected)
+                    and not self.transport.is_closing()
+                ):
+                    self.transport.write(b"\r\n")
+                self._complete()
             return
         self.keep_alive = False
         self.response_complete = True
