@@ -765,6 +765,30 @@ async def test_a_redis_user_without_info_is_enough(
         await client.aclose()
 
 
+async def test_a_redis_user_without_pubsub_channels_still_gets_every_message(
+    servers: Callable[..., RedisServer],
+    make_layer: Callable[..., RedisChannelLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Redis 7 gives new ACL users no pub/sub channels (resetchannels): the scripts'
+    # PUBLISH is refused and the node's SUBSCRIBE too. Entries then queue on the inbox
+    # list and the receive loop waits on it instead, saying so once.
+    server = servers()
+    cli(server, "ACL", "SETUSER", "layer", "on", ">pw", "~*", "resetchannels", "+@all")
+    hosts = [{"address": server.url, "username": "layer", "password": "pw"}]
+    owner, sender = make_layer(hosts=hosts), make_layer(hosts=hosts)
+    channel = await owner.new_channel()
+    await owner.group_add("room", channel)
+    for n in range(3):
+        await sender.group_send("room", {"type": "room.message", "n": n})
+        await sender.send(channel, {"type": "direct", "n": n})
+    got = [await receive(owner, channel) for _ in range(6)]
+    assert got == [{"type": kind, "n": n} for n in range(3) for kind in ("room.message", "direct")]
+    refusals = [r for r in caplog.records if "may not subscribe" in r.getMessage()]
+    assert len(refusals) == 1
+    await assert_empty(owner, channel)
+
+
 # -- scale out ------------------------------------------------------------------------------
 
 

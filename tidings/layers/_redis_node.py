@@ -155,11 +155,19 @@ class _Listener:
         self.lost = False
         self.held: list[bytes] | None = []
         self.ponged = True
+        self.refused = False  # Redis refused the SUBSCRIBE: don't listen, wait on the list
 
     def on_push(self, reply: Any) -> None:
         if reply is None:
             self.lost = True
             self.woken.set()
+            return
+        if type(reply) is not list or not reply:
+            # An error reply: SUBSCRIBE refused (an ACL user without access to pub/sub
+            # channels). The loop then waits on the list instead (see ``refused``).
+            self.refused = True
+            if self.connection is not None:
+                self.connection.abort(RedisConnectionError(f"SUBSCRIBE refused: {reply}"))
             return
         kind = reply[0]
         if kind == b"message":
@@ -363,7 +371,8 @@ class NodeSide:
         drained = False  # the last pop took what there was: wait before popping again
         # The lean client listens on the inbox's channel (see _Listener); redis-py
         # clients wait on the list with BLMOVE.
-        listens = isinstance(reader, RespClient) and self._publish == "1"
+        can_listen = isinstance(reader, RespClient) and self._publish == "1"
+        listens = can_listen
         listener: _Listener | None = None
         popped = False
         try:
@@ -385,6 +394,16 @@ class NodeSide:
                             if listener is not None:
                                 listener.ping()
                             next_check = time.monotonic() + MARKER_CHECK_INTERVAL
+                        if listener is not None and listener.refused and listener.held is None:
+                            logger.warning(
+                                "node %s may not subscribe at %s (%s); it waits on its "
+                                "inbox list instead (one command more per message)",
+                                self._node,
+                                where,
+                                listener.connection and listener.connection.lost,
+                            )
+                            listener.close()
+                            listens, listener, drained = False, None, False
                         if listens:
                             if listener is None or (listener.lost and listener.held is None):
                                 if listener is not None:
@@ -419,7 +438,7 @@ class NodeSide:
                             listener.woken.set()  # pop on
                         elif popped:
                             listener.release()  # the list is empty: what was held is next
-                        if not listener.woken.is_set():
+                        if not (listener.woken.is_set() or listener.lost):
                             wait = max(0.0, min(block_timeout, next_check - time.monotonic()))
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(listener.woken.wait(), wait)
@@ -427,6 +446,7 @@ class NodeSide:
                     raise
                 except (*_UNAVAILABLE, RedisUnavailable, TimeoutError) as exc:
                     drained = False
+                    listens = can_listen  # a refused SUBSCRIBE is tried again after an outage
                     if listener is not None:
                         # Start over: subscribe again, then pop what queued meanwhile.
                         listener.release()

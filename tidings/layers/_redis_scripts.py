@@ -136,12 +136,14 @@ end
 -- listens and nothing is queued before it (so nothing queued is overtaken),
 -- else queued on its inbox list. publish: '1', or '' for list only.
 local function deliver(inbox, now, expiry, body, publish)
+  -- pcall: an ACL user without access to pub/sub channels just queues.
   if publish == '1' and redis.call('LLEN', inbox) == 0 then
-    if redis.call('PUBLISH', inbox, deadline(now + expiry) .. body) > 0 then return end
+    local listeners = redis.pcall('PUBLISH', inbox, deadline(now + expiry) .. body)
+    if type(listeners) == 'number' and listeners > 0 then return end
   end
   push(inbox, now, expiry, body)
   if publish == '1' and redis.call('LLEN', inbox) == 1 then
-    redis.call('PUBLISH', inbox, 'W')  -- wake the node: its list is no longer empty
+    redis.pcall('PUBLISH', inbox, 'W')  -- wake the node: its list is no longer empty
   end
 end
 """
