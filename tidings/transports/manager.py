@@ -303,10 +303,11 @@ class SessionManager:
     def _new(self, app: ASGIApp, scope: Scope, user: str | None, cacks: bool) -> Opening:
         limit = self.settings.max_sessions_per_user
         if user is not None and self._per_user.get(user, 0) >= limit:
-            logger.warning("User %s already has %d sessions in this process: 429", user, limit)
+            self._log_refusal(429, f"user {user} holds {limit} (max_sessions_per_user)")
             return Opening(429)
         if len(self.sessions) >= self.settings.max_sessions:
-            self._log_refusal()
+            limit = self.settings.max_sessions
+            self._log_refusal(503, f"this process holds {limit} (max_sessions)")
             return Opening(503)
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         sid = f"{token}.{self.port}"
@@ -326,16 +327,17 @@ class SessionManager:
         logger.debug("Session %s opened over %s", session.label, scope.get("transport"))
         return Opening(200, sid, attachment=attachment, link=LocalLink(session), session=session)
 
-    def _log_refusal(self) -> None:
-        # One line a second at most: a flood of refusals must not flood the log.
+    def _log_refusal(self, status: int, why: str) -> None:
+        # One line a second at most (429s and 503s together): a flood of refusals,
+        # one user's included, must not flood the log.
         self._refused += 1
         now = self.loop.time()
         if now - self._refused_logged_at >= _REFUSAL_LOG_INTERVAL:
             logger.warning(
-                "Refused %d new session(s): this process holds %d sessions, the limit "
-                "(max_sessions): 503",
+                "Refused %d new session(s), the last with %d: %s sessions",
                 self._refused,
-                self.settings.max_sessions,
+                status,
+                why,
             )
             self._refused = 0
             self._refused_logged_at = now
