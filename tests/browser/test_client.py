@@ -468,3 +468,46 @@ def test_continuitylost_lists_only_unacknowledged_messages(
     wait_js(alice, "return window.conn.state === 'open'", describe=SUMMARY)
     assert alice.execute_script("return window.conn.pending") == 0
     assert report(alice)["notes"] == []  # a new consumer; note 99 was not resent
+
+
+# --- a full server --------------------------------------------------------------------------------
+
+
+def test_full_server_is_waited_for_not_fallen_back_from(
+    tmp_path: Path, alice: WebDriver, bob: WebDriver
+) -> None:
+    """A 503 with Retry-After ends the round: no long-poll after it, a wait of Retry-After.
+
+    The server holds one session at most (``max_sessions=1``) and answers a new one with
+    503 and ``Retry-After: 2`` (the resume window, rounded up). Bob, on SSE then
+    long-polling with a short backoff, is refused: each refusal is one ``reconnecting``
+    event for an SSE 503, the server never sees a poll, and each wait is at least 2 s.
+    Once Alice closes her session, Bob's next round opens.
+    """
+    env = {"TIDINGS_BROWSER_TRANSPORT_SETTINGS": '{"max_sessions": 1, "resume_window": 2}'}
+    log = tmp_path / "server.log"
+    with serving(APP, settings=SETTINGS, log=log, args=["--access-log"], env=env) as server:
+        open_harness(alice, server.url, "/ws/stream/", {"transports": ["websocket"]})
+        bob.get(f"{server.url}/static/browser/harness.html")
+        wait_js(bob, "return window.harnessReady === true", message="harness page loaded")
+        options = {"transports": ["sse", "longpoll"], "backoff": {"initial": 50}}
+        bob.execute_script("window.start(arguments[0], arguments[1])", "/ws/stream/", options)
+        wait_js(
+            bob,
+            "return window.conn.record.events.filter((e) => e.type === 'reconnecting').length >= 2",
+            message="two refusals",
+            describe=SUMMARY,
+        )
+        alice.execute_script("window.conn.close()")
+        wait_js(bob, "return window.conn.state === 'open'", message="bob open", describe=SUMMARY)
+        events = bob.execute_script("return window.conn.record.events")
+        refusals = [e["detail"] for e in events if e["type"] == "reconnecting"]
+        assert len(refusals) >= 2
+        for detail in refusals:
+            assert detail["reason"] == "sse: HTTP 503", refusals
+            assert detail["transport"] == "sse", refusals
+            assert 2000 <= detail["delay"] <= 10000, refusals
+        assert bob.execute_script("return window.conn.transport") == "sse"
+        assert "tidings=poll" not in server.output
+        # One SSE request refused per round (the access log names a request once answered).
+        assert server.output.count('tidings=sse HTTP/1.1" 503') == len(refusals)

@@ -8,10 +8,15 @@ over WebSocket, SSE and long-polling. Around it:
   the client must fall back by itself;
 - :class:`~tidings.staticfiles.StaticFilesWrapper` serves ``/static/`` (the client
   from the ``tidings`` app, the test pages from ``static/browser/``).
+
+``TIDINGS_BROWSER_TRANSPORT_SETTINGS``, a JSON object, gives ``TransportRouter`` its
+settings (e.g. ``{"max_sessions": 1}``) for a test that starts its own server.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from urllib.parse import parse_qs
 
 from django.core.asgi import get_asgi_application
@@ -33,6 +38,7 @@ from tidings.staticfiles import StaticFilesWrapper  # noqa: E402
 from tidings.transports import TransportRouter  # noqa: E402
 
 BLOCKED_PREFIX = "/ws/nows/"
+TRANSPORT_SETTINGS = json.loads(os.environ.get("TIDINGS_BROWSER_TRANSPORT_SETTINGS", "{}"))
 
 
 def refuse_session_websockets(app: ASGIApp) -> ASGIApp:
@@ -66,7 +72,8 @@ application = StaticFilesWrapper(
             {
                 "http": django_application,
                 "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(websocket_routes)),
-            }
+            },
+            **TRANSPORT_SETTINGS,
         )
     )
 )

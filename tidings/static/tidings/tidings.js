@@ -29,9 +29,11 @@
  *   one in `transports`; when a later one opens, the ones that failed are demoted
  *   for the life of the Connection. When all fail (the server is down, not a
  *   transport problem) nothing is demoted and the round starts again after a
- *   jittered exponential backoff. A streaming transport that opens and dies within
- *   `earlyDeath` ms `maxEarlyDeaths` times in a row is demoted too (proxies that
- *   accept a WebSocket and then kill it).
+ *   jittered exponential backoff. An HTTP 429 or 503 (the server is full) ends the
+ *   round at once, and the next one waits at least the `Retry-After` it carries.
+ *   A streaming transport that opens and dies within `earlyDeath` ms
+ *   `maxEarlyDeaths` times in a row is demoted too (proxies that accept a WebSocket
+ *   and then kill it).
  * - The session ends for good on a close message, an HTTP 403 (the consumer refused
  *   it) or another final 4xx, or close(); `state` is then "closed".
  * - A resume answered with `resumed: false` fires "continuitylost": the session is
@@ -64,7 +66,11 @@ export const DEFAULTS = Object.freeze({
 // HTTP statuses after which retrying cannot help: the session ends with the status
 // as its close code. 408, 425 and 429 are transient, everything else in 4xx is final,
 // and so is 501 (the route does not support sessions); other 5xx are transient.
+// Among the transient ones, 429 (too many sessions of the user) and 503 (too many
+// sessions in the process) refuse the session, not the transport: the next transport
+// would be refused too, so the client waits (at least Retry-After) instead (Busy).
 const TRANSIENT_4XX = new Set([408, 425, 429]);
+const BUSY = new Set([429, 503]);
 
 function isFinalStatus(status) {
   return status === 501 || (status >= 400 && status < 500 && !TRANSIENT_4XX.has(status));
@@ -137,13 +143,33 @@ class Final {
   }
 }
 
+// A refusal for load (HTTP 429 or 503): the round of transports ends, and the next
+// one waits at least `retryAfter` seconds (null: the normal backoff).
+class Busy {
+  constructor(reason, retryAfter) {
+    this.reason = reason;
+    this.retryAfter = retryAfter;
+  }
+
+  toString() {
+    return this.reason;
+  }
+}
+
+// Retry-After in seconds (RFC 9110, section 10.2.3), or null: the HTTP-date form and
+// anything else are ignored.
+function retryAfterSeconds(response) {
+  const value = (response.headers.get("Retry-After") ?? "").trim();
+  return /^[0-9]+$/.test(value) ? Number(value) : null;
+}
+
 // --- transports -------------------------------------------------------------------------
 //
 // A transport object carries one transport connection. It calls back into its
 // Connection with host._frame(t, msg) for each server message, host._opened(t, msg)
 // once it counts as open (msg: the open message, or null for a long-poll whose
 // resume was accepted implicitly) and host._died(t, why) once at the end (why: a
-// string, or a Final). The Connection ignores calls from a transport it dropped.
+// string, a Final or a Busy). The Connection ignores calls from a transport it dropped.
 
 class WebSocketTransport {
   constructor(host, url) {
@@ -242,7 +268,7 @@ class HttpSender {
     } else if (response.status === 404) {
       return t.fail("session unknown to the server"); // the resume will say so
     } else if (!response.ok) {
-      return t.fail(t.statusFailure(response.status, "send"));
+      return t.fail(t.statusFailure(response, "send"));
     } else {
       let answer = null;
       try {
@@ -286,11 +312,12 @@ class HttpTransport {
     });
   }
 
-  statusFailure(status, what) {
-    if (isFinalStatus(status)) {
-      return new Final(status, `${what}: HTTP ${status}`);
-    }
-    return `${what}: HTTP ${status}`;
+  statusFailure(response, what) {
+    const status = response.status;
+    const reason = `${what}: HTTP ${status}`;
+    if (isFinalStatus(status)) return new Final(status, reason);
+    if (BUSY.has(status)) return new Busy(reason, retryAfterSeconds(response));
+    return reason;
   }
 
   // Dies when nothing arrives for idleTimeout (a half-open TCP connection).
@@ -342,7 +369,7 @@ class SSETransport extends HttpTransport {
     }
     if (this.dead) return;
     const type = response.headers.get("Content-Type") ?? "";
-    if (!response.ok) return this.fail(this.statusFailure(response.status, "sse"));
+    if (!response.ok) return this.fail(this.statusFailure(response, "sse"));
     if (!type.startsWith("text/event-stream")) return this.fail(`sse: content type ${type}`);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -422,7 +449,7 @@ class LongPollTransport extends HttpTransport {
         try {
           response = await this.fetch("poll");
           if (this.dead) return;
-          if (!response.ok) return this.fail(this.statusFailure(response.status, "poll"));
+          if (!response.ok) return this.fail(this.statusFailure(response, "poll"));
           batch = await response.json();
         } catch (error) {
           return this.fail(`poll: ${error}`);
@@ -700,16 +727,17 @@ export class Connection extends EventTarget {
     let delay;
     let index;
     if (!wasOpen) {
-      // Failed to open: the next transport at once; after the last, back off.
+      // Failed to open: the next transport at once; after the last, or when the
+      // server is full (Busy), back off.
       this.stats.openFailures++;
-      if (!(typeof why === "string" && why.includes("HTTP 429"))) {
+      if (!(why instanceof Busy)) {
         this._failedThisRound.push(t.name);
         const next = this._nextIndex(this._index);
         if (next >= 0) return this._start(next);
       }
       this._failedThisRound = [];
       index = this._firstIndex();
-      delay = this._backoff();
+      delay = why instanceof Busy ? this._busyDelay(why.retryAfter) : this._backoff();
     } else {
       const early = Date.now() - this._openedAt < this._options.earlyDeath;
       const deaths = early ? (this._earlyDeaths.get(t.name) ?? 0) + 1 : 0;
@@ -748,6 +776,20 @@ export class Connection extends EventTarget {
     const { initial, max, factor, jitter } = this._options.backoff;
     const base = Math.min(max, initial * factor ** this._attempt++);
     return base * (1 - jitter * Math.random());
+  }
+
+  // The backoff, but at least Retry-After: jittered upwards by up to `jitter` of it,
+  // so that the clients refused together do not come back together. The cap still
+  // wins: a Retry-After at or past backoff.max waits the max, jittered as usual.
+  _busyDelay(retryAfter) {
+    const normal = this._backoff();
+    if (retryAfter === null) return normal;
+    const { max, jitter } = this._options.backoff;
+    const wait = retryAfter * 1000;
+    const spread = wait >= max
+      ? max * (1 - jitter * Math.random())
+      : Math.min(max, wait * (1 + jitter * Math.random()));
+    return Math.max(normal, spread);
   }
 
   // Stop everything without events.
