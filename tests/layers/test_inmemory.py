@@ -71,6 +71,25 @@ async def test_channel_records_are_reclaimed_when_empty(layer: InMemoryChannelLa
     assert layer._channels == {}
 
 
+async def test_a_polled_channel_keeps_its_record_until_unwatched_or_swept(
+    layer: InMemoryChannelLayer, fake_clock: FakeClock
+) -> None:
+    # A MessageMux polls, then watches again at once: the record is reused, not remade.
+    await layer.send("p", {"type": "m"})
+    assert layer.receive_nowait("p") == {"type": "m"}
+    record = layer._channels["p"]
+    waiter = asyncio.get_running_loop().create_future()
+    layer.watch("p", waiter)
+    assert layer._channels["p"] is record
+    layer.unwatch("p", waiter)
+    assert "p" not in layer._channels  # nobody waits and nothing is queued: reclaimed
+    await layer.send("q", {"type": "m"})
+    assert layer.receive_nowait("q") == {"type": "m"}
+    fake_clock.advance(10)  # a sweep is due
+    await layer.send("fresh", {"type": "m"})
+    assert set(layer._channels) == {"fresh"}
+
+
 async def test_channels_never_read_are_swept(
     layer: InMemoryChannelLayer, fake_clock: FakeClock
 ) -> None:

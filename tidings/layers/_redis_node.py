@@ -109,7 +109,9 @@ class _Readers:
         self.loop = loop
         self.tasks: list[asyncio.Task[None]] = []
         self.stopped = False
-        self.ended = 0  # loop tasks that have finished (crashed or cancelled)
+        # Not stopped and no loop task has ended (crashed or cancelled): an attribute,
+        # kept by stop() and the tasks' done-callbacks, as it is read per message.
+        self.running = True
 
     def stopping(self, state: LoopState) -> bool:
         """Whether a loop using ``state`` should end.
@@ -123,13 +125,12 @@ class _Readers:
         task = asyncio.current_task()
         return self.stopped or state.closed or (task is not None and task.cancelling() > 0)
 
-    @property
-    def running(self) -> bool:
-        """Not stopped and no loop task has ended (cheap: kept by done-callbacks)."""
-        return not self.stopped and self.ended == 0
+    def stop(self) -> None:
+        self.stopped = True
+        self.running = False
 
     def task_ended(self, task: asyncio.Task[None]) -> None:
-        self.ended += 1
+        self.running = False
 
     def alive(self) -> bool:
         return self.running and not self.loop.is_closed()
@@ -236,7 +237,7 @@ class NodeSide:
             readers, self._readers = self._readers, None
         if readers is None or not readers.alive():
             return None
-        readers.stopped = True
+        readers.stop()
         for task in readers.tasks:
             cancel_task(task)
         if readers.loop is asyncio.get_running_loop():

@@ -86,9 +86,12 @@ class ChannelSource:
     Attributes:
         channel: the channel name.
         poll: None when the layer cannot be polled.
+        watch: ``watch(waiter)`` resolves ``waiter`` when a message is waiting
+            (only when ``poll`` is set).
+        unwatch: ``unwatch(waiter)`` forgets ``waiter`` (only when ``poll`` is set).
     """
 
-    __slots__ = ("_receive", "_unwatch", "_watch", "channel", "poll")
+    __slots__ = ("_receive", "channel", "poll", "unwatch", "watch")
 
     def __init__(
         self,
@@ -100,27 +103,26 @@ class ChannelSource:
     ) -> None:
         self.channel = channel
         self._receive = receive
+        # Partials, not methods: a consumer calls them around every message it waits for.
         self.poll: Callable[[], Message | None] | None = (
             None if poll is None else functools.partial(poll, channel)
         )
-        self._watch = watch
-        self._unwatch = unwatch
+        self.watch: Callable[[asyncio.Future[None]], None] = (
+            _not_polled if watch is None else functools.partial(watch, channel)
+        )
+        self.unwatch: Callable[[asyncio.Future[None]], None] = (
+            _not_polled if unwatch is None else functools.partial(unwatch, channel)
+        )
 
     def __call__(self) -> Awaitable[Message]:
         return self._receive(self.channel)
 
-    def watch(self, waiter: asyncio.Future[None]) -> None:
-        """Resolve ``waiter`` when a message is waiting (only when ``poll`` is set)."""
-        assert self._watch is not None
-        self._watch(self.channel, waiter)
-
-    def unwatch(self, waiter: asyncio.Future[None]) -> None:
-        """Forget ``waiter`` (only when ``poll`` is set)."""
-        assert self._unwatch is not None
-        self._unwatch(self.channel, waiter)
-
     def __repr__(self) -> str:
         return f"<ChannelSource {self.channel!r}{' polled' if self.poll else ''}>"
+
+
+def _not_polled(waiter: asyncio.Future[None]) -> None:
+    raise TypeError("this channel source cannot be polled: await it instead")
 
 
 class BaseChannelLayer(ABC):

@@ -267,18 +267,24 @@ class InMemoryChannelLayer(BaseChannelLayer):
     def _receive_nowait(self, channel: str) -> Message | None:
         """``receive_nowait`` without the name check (the caller checked it once)."""
         with self._lock:
+            # Polled before every wait of every consumer: the cheap tests come inline.
             now = self._clock()
-            self._maybe_sweep(now)
+            if now >= self._next_sweep:
+                self._maybe_sweep(now)
             record = self._channels.get(channel)
             if record is None:
                 return None
-            if self._drop_expired(record, now):
-                self._leave_groups(channel)
-            if not record.queue:
+            queue = record.queue
+            if not queue:
                 return None
-            _, snapshot = record.queue.popleft()
-            if not record.queue and not record.waiters:
-                del self._channels[channel]
+            if queue[0][0] <= now and self._drop_expired(record, now):
+                self._leave_groups(channel)
+                if not queue:
+                    return None
+            _, snapshot = queue.popleft()
+            # The record stays even when empty: its reader (a MessageMux) watches it
+            # again at once, and making it anew each message cost more than the rest
+            # of this call. unwatch() or the sweep reclaims it once nobody waits.
         received: Message = _isolate(snapshot)
         return received
 
