@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.server.config import Limits, Timeouts
 
 from . import apps
-from ._helpers import exchange, open_conn, read_response, serve
+from ._helpers import exchange, open_conn, read_response, serve, wait_for
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -779,7 +778,7 @@ async def test_app_ignoring_the_disconnect_is_cancelled_after_application_close(
         await asyncio.wait_for(request_read.wait(), 5)
         closed_at = loop.time()
         writer.close()
-        await _wait_until(lambda: bool(cancelled_at), 5)
+        await wait_for(lambda: bool(cancelled_at), 5)
     # Not before the timeout; at most one sweep interval (1 s) after it, plus slack.
     assert 0.3 <= cancelled_at[0] - closed_at < 2.5
     assert _close_timeout_warnings(caplog) == [
@@ -849,18 +848,8 @@ async def test_app_finishing_its_clean_up_in_time_is_not_cancelled(
         writer.close()
         await asyncio.wait_for(finished.wait(), 5)
         # The sweep forgets the finished task; from then on nothing can cancel it.
-        await _wait_until(lambda: srv.server.state is not None and not srv.server.state.orphans, 5)
+        await wait_for(lambda: srv.server.state is not None and not srv.server.state.orphans, 5)
     assert watched == [True]  # the timeout was running: this test exercises it
     assert not cancelled
     assert not _close_timeout_warnings(caplog)
     assert not _errors(caplog)
-
-
-async def _wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    """Poll a condition the test cannot await directly (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

@@ -26,7 +26,7 @@ from tidings.server.http11 import ClientDisconnected
 from tidings.server.websocket import WebSocketProtocol
 from tidings.wire import apply_mask, encode_message
 
-from ._helpers import Running, serve
+from ._helpers import Running, serve, wait_for
 
 App = Callable[[Scope, ASGIReceive, ASGISend], Awaitable[None]]
 
@@ -86,16 +86,6 @@ def ws_url(srv: Running, path: str = "/") -> str:
 def ws_protocols(srv: Running) -> list[WebSocketProtocol]:
     assert srv.server.state is not None
     return [c for c in srv.server.state.connections if isinstance(c, WebSocketProtocol)]
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition the test cannot await directly (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 # --- a raw client ------------------------------------------------------------------------

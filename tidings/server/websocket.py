@@ -110,6 +110,16 @@ _EXTENSIONS: Final[dict[str, dict[object, object]]] = {
 #: event loop).
 _FRAME_CACHE: list[object] = [None, b""]
 
+
+def _shared_frame(data: str | bytes) -> bytes:
+    """The uncompressed frame of ``data``, reused while the same object is sent again."""
+    cache = _FRAME_CACHE
+    if cache[0] is not data:
+        cache[1] = encode_message(data)
+        cache[0] = data
+    return cast(bytes, cache[1])
+
+
 _HANDSHAKE, _OPEN, _DONE = 0, 1, 2
 _PING_PAYLOAD: Final = b"tidings"
 _CONN_OPEN: Final = ConnectionState.OPEN
@@ -385,11 +395,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 else:
                     conn.send_bytes(data)
             else:
-                cache = _FRAME_CACHE
-                if cache[0] is not data:
-                    cache[1] = encode_message(data)
-                    cache[0] = data
-                conn.send_encoded(cast(bytes, cache[1]))
+                conn.send_encoded(_shared_frame(data))
         except (UnicodeEncodeError, ConnectionClosedError):
             return False
         self.transport.write(conn.data_to_send())
@@ -413,11 +419,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                     else:
                         # A handler forwarding a group message sends the very same str
                         # to every member: frame it once per process.
-                        cache = _FRAME_CACHE
-                        if cache[0] is not text:
-                            cache[1] = encode_message(text)
-                            cache[0] = text
-                        conn.send_encoded(cast(bytes, cache[1]))
+                        conn.send_encoded(_shared_frame(text))
                 else:
                     data = message.get("bytes")
                     if data is None:
