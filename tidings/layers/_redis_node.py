@@ -142,11 +142,10 @@ class _Listener:
     Scripts publish an entry to a node whose inbox list is empty and that
     listens (see ``deliver`` in :mod:`tidings.layers._redis_scripts`), so a
     message costs the node no command: it is routed as it arrives. Otherwise
-    the entry is queued on the list and, when the list was empty, a ``W``
-    (wake) is published; the loop then pops the list until a pop comes back
-    short. Entries published meanwhile are newer than everything queued, so
-    they are *held* until the popped ones are routed. A new subscription
-    holds from the start: what queued while nobody listened goes first.
+    (nobody listened) the entry is queued on the list, which a new
+    subscription pops until a pop comes back short. Entries published
+    meanwhile are newer than everything queued, so they are *held* until the
+    popped ones are routed: a subscription holds from the start.
     """
 
     def __init__(self, route: Callable[[bytes], None]) -> None:
@@ -173,9 +172,7 @@ class _Listener:
         kind = reply[0]
         if kind == b"message":
             data = reply[2]
-            if data == b"W":
-                self.woken.set()
-            elif self.held is not None:
+            if self.held is not None:
                 self.held.append(data)
             else:
                 self.route(data)
@@ -260,12 +257,15 @@ class NodeSide:
 
     @contextlib.contextmanager
     def _unavailable(self, shard: int) -> Iterator[None]:
-        """Map redis-py's connection errors to ``RedisUnavailable``."""
+        """Map the clients' connection errors to ``RedisUnavailable``."""
         try:
             yield
         except _UNAVAILABLE as exc:
-            where = self.hosts[self._shard_host[shard]].describe()
-            raise RedisUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
+            raise self._unavailable_error(shard, exc) from exc
+
+    def _unavailable_error(self, shard: int, exc: Exception) -> RedisUnavailable:
+        where = self.hosts[self._shard_host[shard]].describe()
+        return RedisUnavailable(f"Redis at {where} is unavailable: {exc}")
 
     async def _run(
         self, shard: int, script: Script, keys: Sequence[str], args: Sequence[object]
@@ -275,8 +275,7 @@ class NodeSide:
         try:  # (not self._unavailable: this is every send's path, and a try is cheaper)
             return await _evaluate(client, script, keys, args)
         except _UNAVAILABLE as exc:
-            where = self.hosts[self._shard_host[shard]].describe()
-            raise RedisUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
+            raise self._unavailable_error(shard, exc) from exc
 
     # -- this node's state --------------------------------------------------
 

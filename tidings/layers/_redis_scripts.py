@@ -141,10 +141,9 @@ local function deliver(inbox, now, expiry, body, publish)
     local listeners = redis.pcall('PUBLISH', inbox, deadline(now + expiry) .. body)
     if type(listeners) == 'number' and listeners > 0 then return end
   end
+  -- Queued only when the node does not listen (PUBLISH reached nobody) or entries
+  -- wait already: it pops the list when it subscribes, until a pop comes back short.
   push(inbox, now, expiry, body)
-  if publish == '1' and redis.call('LLEN', inbox) == 1 then
-    redis.pcall('PUBLISH', inbox, 'W')  -- wake the node: its list is no longer empty
-  end
 end
 """
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, cast
 
 import hiredis
@@ -154,12 +154,6 @@ class RespConnection(asyncio.Protocol):
         ``allowance`` is time the reply may take beyond ``socket_timeout``
         (a blocking command's wait).
         """
-        return self.send_many([command], allowance=allowance)[0]
-
-    def send_many(
-        self, commands: Sequence[bytes], *, allowance: float = 0.0
-    ) -> list[asyncio.Future[Any]]:
-        """Write packed commands in one write; one future per command, in order."""
         if self.lost is not None:
             raise self.lost
         assert self._transport is not None
@@ -173,13 +167,10 @@ class RespConnection(asyncio.Protocol):
                 if timer is not None:
                     timer.cancel()
                 self._timer = self._loop.call_at(deadline, self._check_deadline)
-        futures = []
-        for _ in commands:
-            future = self._loop.create_future()
-            self._waiting.append((future, deadline))
-            futures.append(future)
-        self._transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
-        return futures
+        future = self._loop.create_future()
+        self._waiting.append((future, deadline))
+        self._transport.write(command)
+        return future
 
     def _check_deadline(self) -> None:
         self._timer = None

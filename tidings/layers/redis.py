@@ -30,10 +30,9 @@ its inbox's entries to its local queues.
 inbox key. A script publishes an entry straight to a listening node whose
 inbox list is empty, so a message costs that node no command at all.
 Otherwise (nobody listens, or entries are already queued) the entry is
-appended to the inbox *list*, and a ``W`` is published when the list was
-empty; the node then pops the list in batches until a pop comes back
-short. A node that (re)subscribes pops what queued meanwhile first, and
-holds what is published during a pop until the popped entries are routed,
+appended to the inbox *list*. A node that (re)subscribes pops the list in
+batches until a pop comes back short, so what queued meanwhile comes first,
+and holds what is published during a pop until the popped entries are routed,
 so entries from one sender keep their order (see
 :mod:`tidings.layers._redis_node`). The subscription is pinged at every
 marker check and replaced when it drops or stops answering; entries Redis
