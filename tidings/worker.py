@@ -243,7 +243,7 @@ class Worker:
         if len(set(self.channels)) != len(self.channels):
             raise ValueError(f"Duplicate channel names in {self.channels!r}.")
         for name in self.channels:
-            channel_layer.valid_channel_name(name, receive=True)
+            channel_layer.require_valid_channel_name(name, receive=True)
         self.stopping = False
         self._stop_requested: asyncio.Event | None = None
 

@@ -24,6 +24,7 @@ from typing import Final
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "NAME_RULE",
     "check_channel_name",
     "check_group_name",
     "check_name_prefix",
@@ -37,6 +38,10 @@ _PART: Final = r"[A-Za-z0-9._-]"
 _CHANNEL_RE: Final = re.compile(rf"{_PART}+(?:!{_PART}*)?")
 _GROUP_RE: Final = re.compile(rf"{_PART}+")
 _ALLOWED: Final = "ASCII letters, digits, hyphens, underscores and periods"
+NAME_RULE: Final = (
+    f"must be a str shorter than {MAX_NAME_LENGTH} characters holding only {_ALLOWED}"
+)
+"""The rule every name ``TypeError`` states after its subject (``Channel name``, ...)."""
 _SHOWN: Final = 60
 
 
@@ -50,15 +55,17 @@ def _show(name: str) -> str:
 def _basic_problem(name: object, label: str) -> str | None:
     """Return why ``name`` breaks the type or length rule, or ``None``."""
     if not isinstance(name, str):
-        return f"{label} must be a str, not {type(name).__name__}"
+        return _rule(label, f"not {type(name).__name__}")
     if not name:
-        return f"{label} must not be empty"
+        return _rule(label, "not an empty string")
     if len(name) >= MAX_NAME_LENGTH:
-        return (
-            f"{label} {_show(name)} is too long: "
-            f"names must be shorter than {MAX_NAME_LENGTH} characters"
-        )
+        return _rule(label, f"{_show(name)} is too long")
     return None
+
+
+def _rule(label: str, detail: str) -> str:
+    """``"<label> must be ...; <detail>"``: the general rule, then what broke it."""
+    return f"{label} {NAME_RULE}; {detail}"
 
 
 def _character_problem(name: str, label: str) -> str | None:
@@ -67,15 +74,13 @@ def _character_problem(name: str, label: str) -> str | None:
         if char == "!":
             continue
         if char == "?":
-            return (
-                f"{label} {_show(name)} contains '?': single-reader '?' names "
-                "of the old ASGI spec are not supported"
+            return _rule(
+                label,
+                f"{_show(name)} contains '?' (single-reader '?' names "
+                "of the old ASGI spec are not supported)",
             )
         if not re.fullmatch(_PART, char):
-            return (
-                f"{label} {_show(name)} contains {char!r} at position {index}; "
-                f"only {_ALLOWED} are allowed"
-            )
+            return _rule(label, f"{_show(name)} contains {char!r} at position {index}")
     return None
 
 
@@ -103,11 +108,12 @@ def check_channel_name(name: object, *, receive: bool = False) -> None:
     if problem is None:
         assert isinstance(name, str)
         if name.count("!") > 1:
-            problem = f"Channel name {_show(name)} contains more than one '!'"
+            problem = _rule("Channel name", f"{_show(name)} contains more than one '!'")
         elif name.startswith("!"):
-            problem = (
-                f"Channel name {_show(name)} has nothing before its '!': "
-                "the part naming the process must not be empty"
+            problem = _rule(
+                "Channel name",
+                f"{_show(name)} has nothing before its '!' "
+                "(the part naming the process must not be empty)",
             )
         else:
             problem = _character_problem(name, "Channel name")
@@ -142,9 +148,10 @@ def _check_plain(name: object, label: str) -> None:
     if problem is None:
         assert isinstance(name, str)
         if "!" in name:
-            problem = (
-                f"{label} {_show(name)} contains '!': "
-                "only channel names may have a process-specific part"
+            problem = _rule(
+                label,
+                f"{_show(name)} contains '!' "
+                "(only channel names may have a process-specific part)",
             )
         else:
             problem = _character_problem(name, label)

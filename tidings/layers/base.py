@@ -25,12 +25,13 @@ import asyncio
 import fnmatch
 import functools
 import re
-from abc import ABC, abstractmethod
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeAlias
 
 from tidings.layers._names import (
     MAX_NAME_LENGTH,
+    NAME_RULE,
     check_channel_name,
     check_group_name,
     non_local_name,
@@ -125,7 +126,7 @@ def _not_polled(waiter: asyncio.Future[None]) -> None:
     raise TypeError("this channel source cannot be polled: await it instead")
 
 
-class BaseChannelLayer(ABC):
+class BaseChannelLayer:
     """Base class of Tidings channel layers: shared options, name checks and capacities.
 
     Args:
@@ -148,6 +149,9 @@ class BaseChannelLayer(ABC):
 
     MAX_NAME_LENGTH: ClassVar[int] = MAX_NAME_LENGTH
     """Channel and group names must be shorter than this many characters."""
+
+    invalid_name_error: ClassVar[str] = "{} name " + NAME_RULE
+    """The start of every invalid-name ``TypeError``; ``{}`` is ``Channel`` or ``Group``."""
 
     def __init__(
         self,
@@ -208,7 +212,7 @@ class BaseChannelLayer(ABC):
         """Return whether ``name`` is a ``str`` shorter than ``MAX_NAME_LENGTH``."""
         return isinstance(name, str) and len(name) < self.MAX_NAME_LENGTH
 
-    def valid_channel_name(self, name: object, receive: bool = False) -> bool:
+    def require_valid_channel_name(self, name: object, receive: bool = False) -> bool:
         """Return ``True`` if ``name`` is a valid channel name, else raise ``TypeError``.
 
         Args:
@@ -217,19 +221,39 @@ class BaseChannelLayer(ABC):
                 (the legacy form of receiving a whole process's channels).
 
         Raises:
-            TypeError: the name breaks a rule; the message names the rule.
+            TypeError: the name breaks a rule; the message starts with
+                ``invalid_name_error`` and says which rule.
         """
         check_channel_name(name, receive=receive)
         return True
 
-    def valid_group_name(self, name: object) -> bool:
+    def require_valid_group_name(self, name: object) -> bool:
         """Return ``True`` if ``name`` is a valid group name, else raise ``TypeError``.
 
         Raises:
-            TypeError: the name breaks a rule; the message names the rule.
+            TypeError: the name breaks a rule; the message starts with
+                ``invalid_name_error`` and says which rule.
         """
         check_group_name(name)
         return True
+
+    def valid_channel_name(self, name: object, receive: bool = False) -> bool:
+        """Deprecated (as in Channels 4.2+): use :meth:`require_valid_channel_name`."""
+        warnings.warn(
+            "valid_channel_name is deprecated, use require_valid_channel_name",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_channel_name(name, receive)
+
+    def valid_group_name(self, name: object) -> bool:
+        """Deprecated (as in Channels 4.2+): use :meth:`require_valid_group_name`."""
+        warnings.warn(
+            "valid_group_name is deprecated, use require_valid_group_name",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.require_valid_group_name(name)
 
     def valid_channel_names(self, names: object, receive: bool = False) -> bool:
         """Return ``True`` if ``names`` is a list or tuple of valid channel names.
@@ -255,7 +279,6 @@ class BaseChannelLayer(ABC):
 
     # -- the contract -------------------------------------------------------
 
-    @abstractmethod
     async def send(self, channel: str, message: Message) -> None:
         """Put ``message`` on ``channel``.
 
@@ -263,13 +286,14 @@ class BaseChannelLayer(ABC):
             ChannelFull: the channel already holds its capacity of messages.
             TypeError: the channel name or the message is not valid.
         """
+        raise NotImplementedError(f"{type(self).__name__} does not implement send()")
 
-    @abstractmethod
     async def receive(self, channel: str) -> Message:
         """Wait for and return the next message on ``channel``.
 
         Cancelling a pending ``receive`` loses no message.
         """
+        raise NotImplementedError(f"{type(self).__name__} does not implement receive()")
 
     def channel_source(self, channel: str) -> ChannelSource:
         """``channel`` as a message source for a consumer (see :class:`ChannelSource`).
@@ -278,25 +302,25 @@ class BaseChannelLayer(ABC):
         """
         return ChannelSource(channel, self.receive)
 
-    @abstractmethod
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new, unguessable process-specific channel name starting with ``prefix``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement new_channel()")
 
-    @abstractmethod
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` (again: refreshes the membership's expiry)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement group_add()")
 
-    @abstractmethod
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; do nothing if it is not a member."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement group_discard()")
 
-    @abstractmethod
     async def group_send(self, group: str, message: Message) -> None:
         """Send ``message`` to every member of ``group``; full members miss it silently."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement group_send()")
 
-    @abstractmethod
     async def flush(self) -> None:
         """Drop every message and every group membership."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement flush()")
 
     async def close(self) -> None:
         """Release the layer's resources (connections); the default has none."""

@@ -181,7 +181,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             ChannelFull: the channel holds its capacity of unexpired messages.
             TypeError: the channel name or the message is not valid.
         """
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         self.require_message(message)
         self._put(channel, _isolate(message))
 
@@ -211,7 +211,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Raises:
             TypeError: the channel name is not valid.
         """
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         return await self._receive(channel)
 
     async def _receive(self, channel: str) -> Message:
@@ -261,7 +261,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Raises:
             TypeError: the channel name is not valid.
         """
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         return self._receive_nowait(channel)
 
     def _receive_nowait(self, channel: str) -> Message | None:
@@ -338,7 +338,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """``channel`` as a message source that :class:`~tidings.utils.MessageMux` can poll."""
         if "!" not in channel:
             return super().channel_source(channel)
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         return ChannelSource(channel, self.receive, self._receive_nowait, self.watch, self.unwatch)
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -352,7 +352,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """
         check_name_prefix(prefix)
         name = f"{prefix}.{self._process_part}!{secrets.token_hex(12)}"
-        self.valid_channel_name(name)
+        self.require_valid_channel_name(name)
         return name
 
     # -- groups -------------------------------------------------------------
@@ -363,8 +363,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Raises:
             TypeError: the group or channel name is not valid.
         """
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
         self._join(group, channel)
 
     def _join(self, group: str, channel: str) -> None:
@@ -381,8 +381,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Raises:
             TypeError: the group or channel name is not valid.
         """
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
         self._leave(group, channel)
 
     def _leave(self, group: str, channel: str) -> None:
@@ -400,7 +400,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         Raises:
             TypeError: the group name or the message is not valid.
         """
-        self.valid_group_name(group)
+        self.require_valid_group_name(group)
         self.require_message(message)
         self._group_put(group, _isolate(message))
 

@@ -282,7 +282,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             RedisUnavailable: Redis cannot be reached.
             TypeError: the channel name or the message is not valid.
         """
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         self.require_message(message)
         payload = self._codec.dumps(message)
         if "!" in channel:
@@ -324,7 +324,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             TypeError: the channel name is not valid.
         """
         if channel not in self._checked:
-            self.valid_channel_name(channel)
+            self.require_valid_channel_name(channel)
             if "!" not in channel:
                 return await self._receive_shared(channel)
             if node_of_channel(channel) != self._node:
@@ -349,7 +349,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         Raises:
             TypeError: the channel name is not valid.
         """
-        self.valid_channel_name(channel)
+        self.require_valid_channel_name(channel)
         if "!" not in channel or node_of_channel(channel) != self._node:
             return ChannelSource(channel, self.receive)
         return ChannelSource(
@@ -408,7 +408,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         """
         check_name_prefix(prefix)
         name = f"{prefix}.{self._node}!{secrets.token_hex(12)}"
-        self.valid_channel_name(name)
+        self.require_valid_channel_name(name)
         self._ensure_readers()
         return name
 
@@ -421,8 +421,8 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             RedisUnavailable: Redis cannot be reached (the membership is not added).
             TypeError: the group or channel name is not valid.
         """
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
         node = node_of_channel(channel) if "!" in channel else ""
         control = b""
         was_member = False
@@ -462,8 +462,8 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
                 the membership is gone here, and in Redis it expires).
             TypeError: the group or channel name is not valid.
         """
-        self.valid_group_name(group)
-        self.valid_channel_name(channel)
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
         node = node_of_channel(channel) if "!" in channel else ""
         control = b""
         if node == self._node:
@@ -491,7 +491,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
                 process have received the message).
             TypeError: the group name or the message is not valid.
         """
-        self.valid_group_name(group)
+        self.require_valid_group_name(group)
         self.require_message(message)
         payload = self._codec.dumps(message)
         if group in self._memberships:
