@@ -85,9 +85,30 @@ async def test_protocol_type_router_unknown_type_names_type_and_known() -> None:
 
 
 async def test_protocol_type_router_missing_type() -> None:
+    """A scope without ``type`` is not a scope: KeyError, as in Channels."""
     router = ProtocolTypeRouter({"http": Recorder()})
-    with pytest.raises(ValueError, match="None"):
+    with pytest.raises(KeyError, match="type"):
         await call(router, {})
+
+
+class Returns:
+    """An ASGI app that returns a value (Channels' routers pass it back)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> object:
+        return self.value
+
+
+async def test_routers_return_what_the_application_returns() -> None:
+    assert (
+        await ProtocolTypeRouter({"http": Returns("h")})({"type": "http"}, _receive, _send) == "h"
+    )
+    router = URLRouter([path("a/", URLRouter([path("b/", Returns(7))]))])
+    assert await router(ws("/a/b/"), _receive, _send) == 7
+    channel = ChannelNameRouter({"mail": Returns(None), "thumbs": Returns(3)})
+    assert await channel({"type": "channel", "channel": "thumbs"}, _receive, _send) == 3
 
 
 def test_routers_reject_consumer_class_without_as_asgi() -> None:
@@ -219,6 +240,47 @@ async def test_nested_router_inner_kwargs_win_and_extra_kwargs_merge() -> None:
     }
 
 
+async def test_nested_router_without_a_match_falls_back_to_the_next_route() -> None:
+    inner_app, later = Recorder("inner"), Recorder("later")
+    router = URLRouter(
+        [path("", URLRouter([path("p/", URLRouter([path("x/", inner_app)])), path("p/y/", later)]))]
+    )
+    await call(router, ws("/p/y/"))
+    await call(router, ws("/p/x/"))
+    assert [s["path"] for s in later.scopes] == ["/p/y/"]
+    assert [s["path"] for s in inner_app.scopes] == ["/p/x/"]
+    with pytest.raises(ValueError, match=r"No route found for path '/p/z/'") as info:
+        await call(router, ws("/p/z/"))
+    assert type(info.value) is ValueError  # the outermost router's own error
+
+
+async def test_middleware_marked_path_routing_matches_as_a_prefix() -> None:
+    app = Recorder()
+
+    def middleware(inner: Any) -> Any:
+        async def wrapped(scope: Scope, receive: Any, send: Any) -> Any:
+            return await inner(scope, receive, send)
+
+        wrapped._path_routing = True  # type: ignore[attr-defined]
+        return wrapped
+
+    router = URLRouter([path("n/<int:n>/", middleware(URLRouter([path("p/<int:p>/", app)])))])
+    await call(router, ws("/n/4/p/2/"))
+    assert app.scope["url_route"]["kwargs"] == {"n": 4, "p": 2}
+
+
+async def test_an_application_error_is_not_taken_for_a_missing_route() -> None:
+    class Fails:
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            raise ValueError("the app's own error")
+
+    later = Recorder()
+    router = URLRouter([path("p/", URLRouter([path("x/", Fails())])), path("p/x/", later)])
+    with pytest.raises(ValueError, match="the app's own error"):
+        await call(router, ws("/p/x/"))
+    assert later.scopes == []
+
+
 async def test_nested_router_partial_match_then_inner_no_match() -> None:
     router = URLRouter([path("api/", URLRouter([path("x/", Recorder())]))])
     with pytest.raises(ValueError, match=r"No route found for path '/api/y/'"):
@@ -265,7 +327,7 @@ async def test_url_router_root_path_only_strips_at_outermost_level() -> None:
 
 
 def test_url_router_rejects_include() -> None:
-    with pytest.raises(ImproperlyConfigured, match=r"include\(\)"):
+    with pytest.raises(ImproperlyConfigured, match=r"^include\(\) is not supported in URLRouter\."):
         URLRouter([path("x/", include("tests.django_urls"))])
 
 

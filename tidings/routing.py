@@ -21,7 +21,11 @@ nest freely.
   ``"channel"`` scopes that the background worker creates.
 
 Routers never mutate the scope they were given: the inner application gets a
-copy with the extra keys. Mistakes that can be seen at construction time
+copy with the extra keys. A router returns what its application returned (as
+Channels' routers do). When a nested URL router has no route for what is left
+of the path, the router around it tries its next route, so
+``[path("a/", URLRouter([...])), path("a/b/", app)]`` still reaches ``app``;
+only the outermost router raises ``ValueError``. Mistakes that can be seen at construction time
 (a consumer class instead of ``Consumer.as_asgi()``, ``include()``) raise
 :class:`~django.core.exceptions.ImproperlyConfigured` then, not on the first
 connection.
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 from asgiref.compatibility import guarantee_single_callable
 from django.conf import settings
@@ -114,6 +118,7 @@ class ProtocolTypeRouter:
             ``"channel"``, ``"lifespan"``...) to ASGI application.
 
     Raises:
+        KeyError: (when called) the scope has no ``type``.
         ValueError: (when called) no application for the scope's type; the
             message names the type and the configured ones.
     """
@@ -125,16 +130,20 @@ class ProtocolTypeRouter:
             for scope_type, app in self.application_mapping.items()
         }
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        scope_type = scope.get("type")
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
+        scope_type = scope["type"]  # no "type" at all is a KeyError, as in Channels
         try:
-            application = self._routes[scope_type]  # type: ignore[index]
+            application = self._routes[scope_type]
         except (KeyError, TypeError):
             known = ", ".join(repr(t) for t in self._routes) or "none"
             raise ValueError(
                 f"No application configured for scope type {scope_type!r} (configured: {known})."
             ) from None
-        await application(scope, receive, send)
+        return await application(scope, receive, send)
+
+
+class _NoRoute(ValueError):
+    """A nested URLRouter matched nothing: the router around it tries its next route."""
 
 
 class _Route(NamedTuple):
@@ -148,8 +157,9 @@ class _Route(NamedTuple):
 
 def _compile_route(route: object, index: int) -> _Route:
     if isinstance(route, URLResolver):
+        # The first sentence is Channels' wording, which code and tests match.
         raise ImproperlyConfigured(
-            f"URLRouter route {index} uses include(), which URLRouter does not support; "
+            f"include() is not supported in URLRouter. Route {index} uses it; "
             "nest another URLRouter instead: path('prefix/', URLRouter([...]))."
         )
     if not isinstance(route, URLPattern):
@@ -157,7 +167,9 @@ def _compile_route(route: object, index: int) -> _Route:
             f"URLRouter route {index} is {route!r}; use django.urls.path() or re_path()."
         )
     callback = route.callback
-    is_router = isinstance(callback, URLRouter)
+    # ``_path_routing`` marks a prefix-matching target: a URLRouter, or middleware
+    # around one that says so (Channels' convention, which its users rely on).
+    is_router = getattr(callback, "_path_routing", False) is True
     application = _as_application(callback, f"URLRouter route {route.pattern.describe()}")
     pattern = route.pattern
     if is_router:
@@ -193,7 +205,9 @@ class URLRouter:
 
     Args:
         routes: ``URLPattern`` objects from ``path()`` or ``re_path()``; a
-            pattern whose view is another :class:`URLRouter` matches as a prefix.
+            pattern whose view is another :class:`URLRouter` (or an application
+            with a true ``_path_routing`` attribute, such as middleware around
+            a URLRouter) matches as a prefix.
 
     Raises:
         ImproperlyConfigured: (at construction) a route is not a ``path()`` /
@@ -203,11 +217,14 @@ class URLRouter:
             the message names the path.
     """
 
+    #: Routes to this router match as a prefix (see ``_compile_route``).
+    _path_routing: ClassVar[bool] = True
+
     def __init__(self, routes: Iterable[URLPattern | URLResolver]) -> None:
         self.routes = list(routes)
         self._compiled = [_compile_route(route, i) for i, route in enumerate(self.routes)]
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
         path = self._path_to_match(scope)
         for route in self._compiled:
             match = route.pattern.match(path)
@@ -220,9 +237,14 @@ class URLRouter:
                 "kwargs": {**outer.get("kwargs", {}), **kwargs, **route.default_kwargs},
             }
             inner_scope = dict(scope, path_remaining=remaining, url_route=url_route)
-            await route.application(inner_scope, receive, send)
-            return
-        raise ValueError(f"No route found for path {scope.get('path')!r}.")
+            try:
+                return await route.application(inner_scope, receive, send)
+            except _NoRoute:
+                continue  # a router nested in this route matched nothing: try the next
+        message = f"No route found for path {scope.get('path')!r}."
+        if isinstance(scope.get("path_remaining"), str):
+            raise _NoRoute(message)
+        raise ValueError(message)
 
     @staticmethod
     def _path_to_match(scope: Scope) -> str:
@@ -260,7 +282,7 @@ class ChannelNameRouter:
             for channel, app in self.application_mapping.items()
         }
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
         if "channel" not in scope:
             raise ValueError(
                 "ChannelNameRouter got a scope without a 'channel' key; "
@@ -273,4 +295,4 @@ class ChannelNameRouter:
             raise ValueError(
                 f"No application configured for channel name {channel!r} (configured: {known})."
             )
-        await application(scope, receive, send)
+        return await application(scope, receive, send)

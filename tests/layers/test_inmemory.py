@@ -21,7 +21,7 @@ from asgiref.sync import async_to_sync
 from tests.layers.conftest import FakeClock
 from tidings.exceptions import ChannelFull
 from tidings.layers import InMemoryChannelLayer
-from tidings.layers.inmemory import DEFAULT_GROUP_EXPIRY
+from tidings.layers.inmemory import DEFAULT_GROUP_EXPIRY, SEND_SWEEP_CHANNELS
 
 GUARD = 5.0
 
@@ -59,16 +59,16 @@ def test_group_expiry_must_be_positive(value: Any) -> None:
 
 async def test_channel_records_are_reclaimed_when_empty(layer: InMemoryChannelLayer) -> None:
     await layer.send("a", {"type": "m"})
-    assert set(layer._channels) == {"a"}
+    assert set(layer.channels) == {"a"}
     await layer.receive("a")
-    assert layer._channels == {}
+    assert layer.channels == {}
     task = asyncio.create_task(layer.receive("b"))
     await asyncio.sleep(0)
-    assert set(layer._channels) == {"b"}
+    assert set(layer.channels) == {"b"}
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert layer._channels == {}
+    assert layer.channels == {}
 
 
 async def test_a_polled_channel_keeps_its_record_until_unwatched_or_swept(
@@ -77,17 +77,18 @@ async def test_a_polled_channel_keeps_its_record_until_unwatched_or_swept(
     # A MessageMux polls, then watches again at once: the record is reused, not remade.
     await layer.send("p", {"type": "m"})
     assert layer.receive_nowait("p") == {"type": "m"}
-    record = layer._channels["p"]
+    record = layer.channels["p"]
     waiter = asyncio.get_running_loop().create_future()
     layer.watch("p", waiter)
-    assert layer._channels["p"] is record
+    assert layer.channels["p"] is record
     layer.unwatch("p", waiter)
-    assert "p" not in layer._channels  # nobody waits and nothing is queued: reclaimed
+    assert "p" not in layer.channels  # nobody waits and nothing is queued: reclaimed
     await layer.send("q", {"type": "m"})
     assert layer.receive_nowait("q") == {"type": "m"}
     fake_clock.advance(10)  # a sweep is due
     await layer.send("fresh", {"type": "m"})
-    assert set(layer._channels) == {"fresh"}
+    assert layer.receive_nowait("other") is None  # receives sweep
+    assert set(layer.channels) == {"fresh"}
 
 
 async def test_channels_never_read_are_swept(
@@ -95,23 +96,63 @@ async def test_channels_never_read_are_swept(
 ) -> None:
     for n in range(50):
         await layer.send(f"forgotten.{n}", {"type": "m"})
-    assert len(layer._channels) == 50
+    assert len(layer.channels) == 50
     fake_clock.advance(10)  # every message is now expired, and a sweep is due
     await layer.send("fresh", {"type": "m"})
-    assert set(layer._channels) == {"fresh"}
+    assert len(layer.channels) == 51  # as in Channels, sends leave the sweep to receivers
+    await layer.group_add("g", "c")
+    assert set(layer.channels) == {"fresh"}
+
+
+async def test_a_flood_of_sends_sweeps_even_where_nothing_receives(
+    layer: InMemoryChannelLayer, fake_clock: FakeClock
+) -> None:
+    layer.receive_nowait("warmup")  # the first sweep
+    for n in range(SEND_SWEEP_CHANNELS + 10):
+        await layer.send(f"forgotten.{n}", {"type": "m"})
+    fake_clock.advance(10)
+    await layer.send("fresh", {"type": "m"})
+    assert set(layer.channels) == {"fresh"}
+
+
+async def test_channels_expiry_unread_rule(
+    layer: InMemoryChannelLayer, fake_clock: FakeClock
+) -> None:
+    """Channels' own test: an expired channel is listed until a receive cleans up."""
+    await layer.send("one", {"type": "m1"})
+    fake_clock.advance(10)
+    await layer.send("two", {"type": "m2"})
+    assert set(layer.channels) == {"one", "two"}
+    assert await layer.receive("two") == {"type": "m2"}
+    assert layer.channels == {}
+
+
+async def test_a_woken_receiver_gets_its_message_after_its_record_was_removed(
+    layer: InMemoryChannelLayer,
+) -> None:
+    """Channels' race test deletes ``channels[name]`` between the send and the wake-up."""
+    task = asyncio.create_task(layer.receive("c"))
+    await asyncio.sleep(0)
+    await layer.send("c", {"type": "m"})
+    del layer.channels["c"]
+    assert await asyncio.wait_for(task, 2) == {"type": "m"}
+    assert layer.channels == {}
 
 
 async def test_sweep_runs_at_most_once_per_expiry(
     layer: InMemoryChannelLayer, fake_clock: FakeClock
 ) -> None:
-    await layer.send("first", {"type": "m"})  # the first operation sweeps (nothing yet)
+    await layer.send("first", {"type": "m"})
+    layer.receive_nowait("nothing")  # the first receive sweeps (nothing yet)
     await layer.send("old", {"type": "m"})
     fake_clock.advance(9.9)
     await layer.send("other", {"type": "m"})
-    assert set(layer._channels) == {"first", "old", "other"}  # no sweep yet
+    layer.receive_nowait("nothing")
+    assert set(layer.channels) == {"first", "old", "other"}  # no sweep yet
     fake_clock.advance(0.1)
     await layer.send("other", {"type": "m"})
-    assert set(layer._channels) == {"other"}
+    layer.receive_nowait("nothing")
+    assert set(layer.channels) == {"other"}
 
 
 async def test_expired_members_leave_their_groups(
@@ -124,10 +165,10 @@ async def test_expired_members_leave_their_groups(
     await layer.receive("alive")
     fake_clock.advance(9)  # not expired yet, no sweep yet
     await layer.group_send("room", {"type": "m2"})
-    assert len(layer._channels["dead"].queue) == 2
+    assert len(layer.channels["dead"].queue) == 2
     fake_clock.advance(1.5)  # the first message to "dead" expired unread
     await layer.group_send("room", {"type": "m3"})
-    assert layer._groups == {"room": {"alive": pytest.approx(1000.0)}}
+    assert layer.groups == {"room": {"alive": pytest.approx(1000.0)}}
     assert layer._memberships == {"alive": {"room"}}
 
 
@@ -142,7 +183,7 @@ async def test_expiry_seen_by_send_drops_memberships(
     fake_clock.advance(10)
     layer._next_sweep = fake_clock.now + 100  # no sweep: send itself must notice
     await layer.send("slow", {"type": "new"})
-    assert "room" not in layer._groups
+    assert "room" not in layer.groups
     assert await layer.receive("slow") == {"type": "new"}
 
 
@@ -157,7 +198,7 @@ async def test_expiry_seen_by_receive_drops_memberships(
     task = asyncio.create_task(layer.receive("slow"))
     await asyncio.sleep(0)
     assert not task.done()
-    assert layer._groups == {}
+    assert layer.groups == {}
     await layer.send("slow", {"type": "new"})
     assert await task == {"type": "new"}
 
@@ -168,8 +209,8 @@ async def test_stale_memberships_are_swept_without_group_send(
     for n in range(20):
         await layer.group_add(f"group.{n}", f"member.{n}")
     fake_clock.advance(100)
-    await layer.send("trigger", {"type": "m"})
-    assert layer._groups == {}
+    layer.receive_nowait("trigger")
+    assert layer.groups == {}
     assert layer._memberships == {}
 
 
@@ -177,10 +218,10 @@ async def test_group_discard_cleans_both_indexes(layer: InMemoryChannelLayer) ->
     await layer.group_add("room", "a")
     await layer.group_add("lobby", "a")
     await layer.group_discard("room", "a")
-    assert layer._groups == {"lobby": {"a": pytest.approx(1000.0)}}
+    assert layer.groups == {"lobby": {"a": pytest.approx(1000.0)}}
     assert layer._memberships == {"a": {"lobby"}}
     await layer.group_discard("lobby", "a")
-    assert layer._groups == {}
+    assert layer.groups == {}
     assert layer._memberships == {}
 
 
@@ -188,7 +229,7 @@ async def test_flush_clears_state(layer: InMemoryChannelLayer) -> None:
     await layer.send("a", {"type": "m"})
     await layer.group_add("room", "a")
     await layer.flush()
-    assert (layer._channels, layer._groups, layer._memberships) == ({}, {}, {})
+    assert (layer.channels, layer.groups, layer._memberships) == ({}, {}, {})
 
 
 # -- group_send cost ---------------------------------------------------------------
@@ -204,7 +245,7 @@ async def test_group_send_creates_no_tasks(layer: InMemoryChannelLayer) -> None:
     await layer.group_send("room", {"type": "m"})
     assert asyncio.all_tasks() == before
     assert [await task for task in waiting] == [{"type": "m"}] * 10
-    assert all(len(layer._channels[channel].queue) == 1 for channel in members[10:])
+    assert all(len(layer.channels[channel].queue) == 1 for channel in members[10:])
 
 
 async def test_group_members_share_one_snapshot(layer: InMemoryChannelLayer) -> None:
@@ -212,8 +253,8 @@ async def test_group_members_share_one_snapshot(layer: InMemoryChannelLayer) -> 
     for channel in ("a", "b"):
         await layer.group_add("room", channel)
     await layer.group_send("room", {"type": "m", "items": [1]})
-    snapshot_a = layer._channels["a"].queue[0][1]
-    assert snapshot_a is layer._channels["b"].queue[0][1]
+    snapshot_a = layer.channels["a"].queue[0][1]
+    assert snapshot_a is layer.channels["b"].queue[0][1]
     received = await layer.receive("a")
     assert received == snapshot_a
     assert received is not snapshot_a
@@ -261,7 +302,7 @@ async def test_copies_rebuild_containers_and_share_immutables(
 async def test_uncopyable_messages_fail_at_send(layer: InMemoryChannelLayer) -> None:
     with pytest.raises(TypeError):
         await layer.send("c", {"type": "m", "lock": threading.Lock()})
-    assert layer._channels == {}
+    assert layer.channels == {}
 
 
 # -- receivers ---------------------------------------------------------------------
@@ -308,7 +349,7 @@ def test_one_layer_serves_successive_event_loops() -> None:
         return await task
 
     asyncio.run(leave_a_receiver_waiting())
-    assert layer._channels == {}
+    assert layer.channels == {}
     assert asyncio.run(round_trip()) == {"type": "m"}
     assert asyncio.run(round_trip()) == {"type": "m"}
 
@@ -317,7 +358,7 @@ async def test_receiver_in_another_thread_is_woken(layer: InMemoryChannelLayer) 
     result: list[dict[str, Any]] = []
     thread = threading.Thread(target=lambda: result.append(asyncio.run(layer.receive("c"))))
     thread.start()
-    await until(lambda: "c" in layer._channels and bool(layer._channels["c"].waiters))
+    await until(lambda: "c" in layer.channels and bool(layer.channels["c"].waiters))
     await layer.send("c", {"type": "m"})
     await asyncio.to_thread(thread.join, GUARD)
     assert result == [{"type": "m"}]
@@ -351,7 +392,7 @@ def test_a_receiver_whose_loop_closed_does_not_swallow_messages() -> None:
     thread.join(GUARD)
     assert not thread.is_alive(), "finalising an orphaned receive deadlocked"
     assert orphan_ref() is None
-    assert layer._channels == {}
+    assert layer.channels == {}
 
 
 async def test_many_threads_sending_to_one_receiver(layer: InMemoryChannelLayer) -> None:
@@ -374,4 +415,4 @@ async def test_many_threads_sending_to_one_receiver(layer: InMemoryChannelLayer)
     for thread_number in range(threads):
         mine = [m["n"] for m in received if m["from"] == thread_number]
         assert mine == list(range(per_thread))  # FIFO per sender, nothing lost or doubled
-    assert layer._channels == {}
+    assert layer.channels == {}

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 State is three dicts guarded by one ``threading.Lock``:
 
-- ``_channels``: channel name -> ``_Channel`` (a deque of ``(expires_at,
+- ``channels``: channel name -> ``_Channel`` (a deque of ``(expires_at,
   message)`` and a deque of waiting receivers' futures);
-- ``_groups``: group -> {channel: time of the last ``group_add``};
+- ``groups``: group -> {channel: time of the last ``group_add``};
 - ``_memberships``: channel -> groups, the reverse index, so that a channel
   whose messages expire unread can leave all its groups at once.
 
@@ -38,12 +38,18 @@ immutable scalars (``str``, ``bytes``, numbers, ``None``) and falls back to
 they would with ``deepcopy``. A cyclic message raises ``RecursionError``
 (no backend that serializes could carry it either).
 
+``channels`` and ``groups`` keep Channels' public names and shapes: a
+channel is listed while it holds messages or has a receiver waiting.
+
 **Bounds.** A channel holds at most its capacity of messages; each expires
 ``expiry`` seconds after it was sent. Expired messages are dropped whenever
 their channel is touched, and a sweep, at most once per ``expiry`` seconds
-and run by whichever operation comes along, drops expired messages of
+and run by the next receive or group operation, drops expired messages of
 channels nobody touches, empty channel records and memberships older than
-``group_expiry``. A channel whose messages expired unread leaves all its
+``group_expiry``. Sends leave the sweep to receivers (as Channels does) until
+the layer holds ``SEND_SWEEP_CHANNELS`` channel records; past that they sweep
+too, so a flood of sends to channels nobody reads stays bounded even where
+nothing receives. A channel whose messages expired unread leaves all its
 groups, missing the ``group_send`` that noticed (the spec allows it; it
 keeps a consumer that died without ``group_discard`` from costing a full
 queue per group for a day).
@@ -91,10 +97,13 @@ from tidings.layers.base import (
     _positive_number,
 )
 
-__all__ = ["DEFAULT_GROUP_EXPIRY", "InMemoryChannelLayer"]
+__all__ = ["DEFAULT_GROUP_EXPIRY", "SEND_SWEEP_CHANNELS", "InMemoryChannelLayer"]
 
 DEFAULT_GROUP_EXPIRY: Final[float] = 86400
 """Seconds a group membership lasts after its last ``group_add`` (one day, as in Channels)."""
+
+SEND_SWEEP_CHANNELS: Final = 1024
+"""From this many channel records on, a due sweep also runs on ``send``."""
 
 _ATOMS: Final = frozenset({str, bytes, int, float, bool, complex, type(None)})
 
@@ -145,6 +154,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         capacity: messages a channel may hold before ``send`` raises ``ChannelFull``.
         channel_capacity: per-channel capacities by glob or regex; see
             :class:`~tidings.layers.BaseChannelLayer`.
+        leave_groups_on_expiry: whether a channel whose message expired unread
+            leaves its groups (Channels' in-memory rule, the default). The Redis
+            layer, whose local queues live here, turns it off: there a channel
+            stays in its groups until ``group_discard`` or ``group_expiry``.
 
     Raises:
         ValueError: an option is out of range.
@@ -157,13 +170,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
         group_expiry: float = DEFAULT_GROUP_EXPIRY,
         capacity: int = DEFAULT_CAPACITY,
         channel_capacity: Mapping[CapacityPattern, int] | None = None,
+        leave_groups_on_expiry: bool = True,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.group_expiry: float = _positive_number("group_expiry", group_expiry)
+        self._leave_groups_on_expiry = bool(leave_groups_on_expiry)
         self._clock: Callable[[], float] = time.monotonic
         self._lock = threading.Lock()
-        self._channels: dict[str, _Channel] = {}
-        self._groups: dict[str, dict[str, float]] = {}
+        self.channels: dict[str, _Channel] = {}
+        self.groups: dict[str, dict[str, float]] = {}
         self._memberships: dict[str, set[str]] = {}
         self._next_sweep = -math.inf
         # channel -> send_now of a WebSocket consumer's socket (see set_direct).
@@ -190,10 +205,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
         loop = asyncio.get_running_loop()
         with self._lock:
             now = self._clock()
-            self._maybe_sweep(now)
-            record = self._channels.get(channel)
+            if len(self.channels) >= SEND_SWEEP_CHANNELS:
+                self._maybe_sweep(now)
+            record = self.channels.get(channel)
             if record is None:
-                record = self._channels[channel] = _Channel(self.get_capacity(channel))
+                record = self.channels[channel] = _Channel(self.get_capacity(channel))
             elif self._drop_expired(record, now):
                 self._leave_groups(channel)
             if len(record.queue) >= record.capacity:
@@ -217,20 +233,26 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def _receive(self, channel: str) -> Message:
         """``receive`` of a checked name."""
         loop = asyncio.get_running_loop()
+        record: _Channel | None = None
         while True:
             with self._lock:
                 now = self._clock()
                 self._maybe_sweep(now)
-                record = self._channels.get(channel)
+                woken_on, record = record, self.channels.get(channel)
+                if record is None and woken_on is not None and woken_on.queue:
+                    # The record this receiver waited on was taken out of ``channels``
+                    # (by code reaching into it, as Channels' tests do) after a message
+                    # arrived: the message is still there, so put the record back.
+                    record = self.channels[channel] = woken_on
                 if record is None:
-                    record = self._channels[channel] = _Channel(self.get_capacity(channel))
+                    record = self.channels[channel] = _Channel(self.get_capacity(channel))
                 else:
                     if self._drop_expired(record, now):
                         self._leave_groups(channel)
                     if record.queue:
                         _, snapshot = record.queue.popleft()
                         if not record.queue and not record.waiters:
-                            del self._channels[channel]
+                            del self.channels[channel]
                         break
                 waiter: asyncio.Future[None] = loop.create_future()
                 record.waiters.append(waiter)
@@ -271,7 +293,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             now = self._clock()
             if now >= self._next_sweep:
                 self._maybe_sweep(now)
-            record = self._channels.get(channel)
+            record = self.channels.get(channel)
             if record is None:
                 return None
             queue = record.queue
@@ -296,9 +318,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         wait ends for any reason. A message already waiting resolves it at once.
         """
         with self._lock:
-            record = self._channels.get(channel)
+            record = self.channels.get(channel)
             if record is None:
-                record = self._channels[channel] = _Channel(self.get_capacity(channel))
+                record = self.channels[channel] = _Channel(self.get_capacity(channel))
             if record.queue:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -308,7 +330,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
     def unwatch(self, channel: str, waiter: asyncio.Future[None]) -> None:
         """Forget ``waiter`` registered by :meth:`watch` (a no-op once it was woken)."""
         with self._lock:
-            record = self._channels.get(channel)
+            record = self.channels.get(channel)
             if record is None:
                 return
             waiters = record.waiters
@@ -318,7 +340,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             elif waiter in waiters:
                 waiters.remove(waiter)
             if not record.queue and not waiters:
-                del self._channels[channel]
+                del self.channels[channel]
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
         """Let ``group_send`` hand ``websocket.send`` messages for ``channel`` to ``send_now``.
@@ -372,7 +394,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             now = self._clock()
             self._maybe_sweep(now)
-            self._groups.setdefault(group, {})[channel] = now
+            self.groups.setdefault(group, {})[channel] = now
             self._memberships.setdefault(channel, set()).add(group)
 
     async def group_discard(self, group: str, channel: str) -> None:
@@ -412,10 +434,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
         with self._lock:
             now = self._clock()
             self._maybe_sweep(now)
-            members = self._groups.get(group)
+            members = self.groups.get(group)
             if not members:
                 return
-            channels = self._channels
+            channels = self.channels
             joined_after = now - self.group_expiry
             entry = (now + self.expiry, snapshot)
             stale: list[str] = []
@@ -429,8 +451,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     record = channels[channel] = _Channel(self.get_capacity(channel))
                 elif record.queue and record.queue[0][0] <= now:
                     self._drop_expired(record, now)
-                    expired.append(channel)
-                    continue
+                    if self._leave_groups_on_expiry:
+                        expired.append(channel)
+                        continue
                 if direct is not None and not record.queue and record.waiters:
                     # An idle member (its consumer waits in this loop, nothing queued):
                     # its socket can take the message directly, after the lock.
@@ -456,12 +479,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
     async def flush(self) -> None:
         """Drop every message and every group; waiting receivers keep waiting."""
         with self._lock:
-            self._groups.clear()
+            self.groups.clear()
             self._memberships.clear()
-            for channel, record in list(self._channels.items()):
+            for channel, record in list(self.channels.items()):
                 record.queue.clear()
                 if not record.waiters:
-                    del self._channels[channel]
+                    del self.channels[channel]
 
     # -- internals (call with self._lock held) ------------------------------
 
@@ -504,8 +527,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             # A sender had already chosen this waiter: hand its wake-up on.
             if record.queue:
                 self._wake_one(record, loop)
-        if not record.queue and not record.waiters and self._channels.get(channel) is record:
-            del self._channels[channel]
+        if not record.queue and not record.waiters and self.channels.get(channel) is record:
+            del self.channels[channel]
 
     def _drop_expired(self, record: _Channel, now: float) -> bool:
         """Drop the expired messages at the head of ``record``; return whether there were any."""
@@ -517,19 +540,21 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return True
 
     def _leave_groups(self, channel: str) -> None:
-        """Remove ``channel`` from every group it belongs to."""
+        """Remove ``channel`` from every group it belongs to (if expiry does that)."""
+        if not self._leave_groups_on_expiry:
+            return
         for group in self._memberships.pop(channel, ()):
-            members = self._groups.get(group)
+            members = self.groups.get(group)
             if members is not None:
                 members.pop(channel, None)
                 if not members:
-                    del self._groups[group]
+                    del self.groups[group]
 
     def _remove_membership(self, group: str, channel: str) -> None:
         """Remove one membership from both indexes."""
-        members = self._groups.get(group)
+        members = self.groups.get(group)
         if members is not None and members.pop(channel, None) is not None and not members:
-            del self._groups[group]
+            del self.groups[group]
         groups = self._memberships.get(channel)
         if groups is not None:
             groups.discard(group)
@@ -542,15 +567,15 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return
         self._next_sweep = now + self.expiry
         expired: list[str] = []
-        for channel, record in list(self._channels.items()):
+        for channel, record in list(self.channels.items()):
             if self._drop_expired(record, now):
                 expired.append(channel)
             if not record.queue and not record.waiters:
-                del self._channels[channel]
+                del self.channels[channel]
         for channel in expired:
             self._leave_groups(channel)
         joined_after = now - self.group_expiry
-        for group, members in list(self._groups.items()):
+        for group, members in list(self.groups.items()):
             for channel, joined in list(members.items()):
                 if joined <= joined_after:
                     self._remove_membership(group, channel)
