@@ -16,20 +16,27 @@ What it does:
    project's ``.venv`` so that pytest-django never loads into Tidings' own suite.
 2. Copies ``tests/`` and ``setup.cfg`` (its ``[tool:pytest]`` settings) to a temporary
    folder; the suite's files are never edited.
-3. Runs pytest there with the plugin ``_tidings_compat`` (written next to the copy):
-   it installs ``tidings.alias`` so that ``channels`` and ``channels.X`` *are*
-   ``tidings`` and ``tidings.X``, raising where ``tidings.X`` does not exist (never a
-   fallback to a real Channels, which the alias refuses to shadow), and asserts at the
-   end that every ``channels`` module the suite imported came from Tidings.
+3. Runs pytest there with the plugin ``_tidings_compat.py`` (beside this file): it
+   installs ``tidings.alias`` so that ``channels`` and ``channels.X`` *are* ``tidings``
+   and ``tidings.X``, raising where ``tidings.X`` does not exist (never a fallback to a
+   real Channels, which the alias refuses to shadow), and asserts at the end that every
+   ``channels`` module the suite imported came from Tidings.
    The suite's settings list ``"daphne"`` in ``INSTALLED_APPS``; Tidings replaces
-   Daphne, so the plugin provides an empty app of that name (no Daphne code runs).
+   Daphne, so ``stubs/daphne`` is an empty app of that name (no Daphne code runs).
 4. Chromium for the Selenium tests of ``ChannelsLiveServerTestCase`` needs
    ``--no-sandbox`` as root, which the suite's mixin does not pass. Debian's launcher
    sources ``/etc/chromium.d/*``: as root the runner adds a file there that adds the
    flag only when ``TIDINGS_CHROMIUM_NO_SANDBOX`` is set in the environment (so other
    Chromium users are untouched), sets it for the run, and removes the file after.
+   The hook only works when chromedriver starts that launcher: left alone it starts
+   ``/usr/lib/chromium/chromium`` itself. The suite's ``webdriver.Chrome()`` asks
+   Selenium Manager for the browser, so the run sets ``SE_BROWSER_PATH`` to the
+   launcher on ``PATH`` (``chromium``), and ``SE_OFFLINE``/``SE_AVOID_STATS`` so that
+   it uses the installed chromedriver and makes no network request (it would try to
+   download Chrome for Testing and send usage statistics); its cache goes in the
+   temporary folder, not in ``~/.cache/selenium``.
 
-``SKIPS`` names the tests not run, each with its reason (at most 3, each an intended,
+The plugin's ``SKIPS`` names the tests not run, each with its reason (at most 3, each an intended,
 documented difference: see docs/migration.md). The exit status is pytest's; a summary
 line ``channels-suite: N passed, N failed`` is printed last.
 """
@@ -57,9 +64,6 @@ TEST_EXTRAS = [
     "async-timeout>=4",
     "selenium>=4.20",
 ]
-#: Tests not run: node id -> reason. Each is an intended difference named in
-#: docs/migration.md; at most three.
-SKIPS: dict[str, str] = {}
 
 CHROMIUM_HOOK = Path("/etc/chromium.d/zz-tidings-no-sandbox")
 CHROMIUM_HOOK_TEXT = (
@@ -68,37 +72,6 @@ CHROMIUM_HOOK_TEXT = (
     '  export CHROMIUM_FLAGS="$CHROMIUM_FLAGS --no-sandbox"\n'
     "fi\n"
 )
-
-DAPHNE_STUB = '"""Stands in for Daphne\'s app in the suite\'s settings; Tidings serves."""\n'
-
-PLUGIN = '''
-"""Loaded with -p before the suite's conftest: the Channels -> Tidings alias."""
-import sys
-
-import tidings.alias
-
-tidings.alias.install()
-
-
-SKIPS = __SKIPS__
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest
-
-    for item in items:
-        reason = SKIPS.get(item.nodeid)
-        if reason:
-            item.add_marker(pytest.mark.skip(reason="Tidings differs on purpose: " + reason))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    aliased = {n: m for n, m in sys.modules.items() if n == "channels" or n.startswith("channels.")}
-    strays = [n for n, m in aliased.items() if not (m.__name__ == "tidings" or m.__name__.startswith("tidings."))]
-    if "channels" not in aliased or strays:
-        sys.stderr.write(f"channels-suite: alias check failed (imported: {sorted(aliased)}, not Tidings: {strays})\\n")
-        session.exitstatus = 3
-'''
 
 
 def _run(cmd: list[str], **kwargs: object) -> None:
@@ -132,6 +105,15 @@ def _chromium_hook() -> bool:
     return True
 
 
+def _selenium_env(work: Path) -> dict[str, str]:
+    """Selenium Manager settings: the system's Chromium launcher and chromedriver, offline."""
+    env = {"SE_OFFLINE": "true", "SE_AVOID_STATS": "true", "SE_CACHE_PATH": str(work / ".selenium")}
+    launcher = shutil.which("chromium")
+    if launcher:
+        env["SE_BROWSER_PATH"] = launcher
+    return env
+
+
 def main(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
@@ -149,15 +131,11 @@ def main(argv: list[str]) -> int:
             shutil.copytree(suite / "tests", work / "tests")
             if (suite / "setup.cfg").exists():
                 shutil.copy(suite / "setup.cfg", work / "setup.cfg")
-            # "daphne" in the suite's INSTALLED_APPS: an empty app (Tidings serves instead).
-            (work / "daphne").mkdir()
-            (work / "daphne" / "__init__.py").write_text(DAPHNE_STUB)
-            (work / "_tidings_compat.py").write_text(PLUGIN.replace("__SKIPS__", repr(SKIPS)))
-            env = {
-                k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)
-            }
-            env["PYTHONPATH"] = str(work)
+            env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+            # The suite's root, this folder (the plugin) and the Daphne stub.
+            env["PYTHONPATH"] = os.pathsep.join([str(work), str(HERE), str(HERE / "stubs")])
             env["TIDINGS_CHROMIUM_NO_SANDBOX"] = "1"
+            env.update(_selenium_env(work))
             cmd = [str(python), "-m", "pytest", "-p", "_tidings_compat", "-p", "no:cacheprovider"]
             cmd += ["-rfEs", *extra]
             print("+", " ".join(cmd), flush=True)
@@ -169,9 +147,8 @@ def main(argv: list[str]) -> int:
             counts = {
                 word: int(n)
                 for n, word in re.findall(
-                    r"(\d+) (passed|failed|errors?|skipped)", proc.stdout.splitlines()[-1]
-                    if proc.stdout
-                    else ""
+                    r"(\d+) (passed|failed|errors?|skipped)",
+                    proc.stdout.splitlines()[-1] if proc.stdout else "",
                 )
             }
             errors = counts.get("error", 0) + counts.get("errors", 0)

@@ -212,5 +212,5 @@ def test_valid_name_methods_are_deprecated(layer: InMemoryChannelLayer) -> None:
         assert layer.valid_channel_name("chat")
     with pytest.warns(DeprecationWarning, match="valid_group_name is deprecated"):
         assert layer.valid_group_name("chat")
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError):
+    with pytest.warns(DeprecationWarning, match="deprecated"), pytest.raises(TypeError):
         layer.valid_group_name("a b")
