@@ -123,8 +123,9 @@ def test_get_handler_name() -> None:
         ({}, "no 'type'"),
         ({"type": 3}, "must be a str"),
         ({"type": None}, "must be a str"),
-        ({"type": "_private"}, "leading underscore"),
-        ({"type": ".dunder"}, "leading underscore"),
+        # Channels' wording, matched by Channels' own tests.
+        ({"type": "_private"}, r"^Malformed type in message \(leading underscore\): '_private'$"),
+        ({"type": ".dunder"}, r"^Malformed type in message \(leading underscore\): '\.dunder'$"),
     ],
 )
 def test_get_handler_name_rejects(message: Message, error: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -173,4 +174,22 @@ async def test_aclose_old_connections() -> None:
     await open_plainly()
     assert await is_open()
     await aclose_old_connections()
+    assert not await is_open()
+
+
+async def test_communicators_keep_connections_open_while_they_wait() -> None:
+    # Django's TestCase keeps one connection in a transaction; closing it would
+    # break the test, so communicators suspend the clean-ups, as Channels' do.
+    from tidings.testing import ApplicationCommunicator
+
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        await database_sync_to_async(_open_connection)()
+        await aclose_old_connections()
+        await send({"type": "open", "value": await is_open()})
+
+    communicator = ApplicationCommunicator(app, {"type": "test"})
+    assert await communicator.receive_output() == {"type": "open", "value": True}
+    await communicator.wait()
+    # Outside a communicator call, the clean-ups are back.
+    await database_sync_to_async(_open_connection)()
     assert not await is_open()

@@ -89,7 +89,8 @@ def get_handler_name(message: Message) -> str:
         raise ValueError(f"Incoming message type must be a str, not {type(message_type).__name__}.")
     handler_name = message_type.replace(".", "_")
     if handler_name.startswith("_"):
-        raise ValueError(f"Malformed message type {message_type!r}: leading underscore.")
+        # Channels' wording, which tests match on.
+        raise ValueError(f"Malformed type in message (leading underscore): {message_type!r}")
     return handler_name
 
 

@@ -22,12 +22,22 @@ Thread sensitivity is asgiref's: by default (``thread_sensitive=True``) all
 wrapped calls run on one shared thread, which is what SQLite and Django's
 per-thread connections expect; ``thread_sensitive=False`` runs the call on
 the executor's pool (or the ``executor`` you pass).
+
+**Under test.** Django's ``TestCase`` runs each test inside a transaction on
+one connection; ``close_old_connections`` would close that connection (its
+autocommit differs from the settings'), and the test would fail with "closed
+database". So, as Channels' communicators do, the clean-ups here are skipped
+while a :mod:`tidings.testing` communicator is sending to or waiting on the
+application (:func:`_keeping_connections`). Both clean-ups call this module's
+``close_old_connections`` by name, so a test may also patch it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Coroutine
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -40,16 +50,40 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+#: How many communicator calls are in progress; while above zero, connections
+#: are not closed (see *Under test* above).
+_kept_open = 0
+_kept_open_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _keeping_connections() -> Iterator[None]:
+    """Skip the clean-ups of this module, in every thread, for the block's duration."""
+    global _kept_open
+    with _kept_open_lock:
+        _kept_open += 1
+    try:
+        yield
+    finally:
+        with _kept_open_lock:
+            _kept_open -= 1
+
+
+def _close_old_connections() -> None:
+    if not _kept_open:
+        close_old_connections()
+
+
 def _closing_connections(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Wrap ``func`` so that old connections are closed before and after it."""
 
     @functools.wraps(func)
     def call_with_clean_connections(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        close_old_connections()
+        _close_old_connections()
         try:
             return func(*args, **kwargs)
         finally:
-            close_old_connections()
+            _close_old_connections()
 
     return call_with_clean_connections
 
@@ -155,4 +189,4 @@ async def aclose_old_connections() -> None:
     the thread-sensitive thread where ``database_sync_to_async`` keeps its
     connections. Call it before the first queries after a quiet spell.
     """
-    await sync_to_async(close_old_connections, thread_sensitive=True)()
+    await sync_to_async(_close_old_connections, thread_sensitive=True)()

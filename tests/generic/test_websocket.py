@@ -281,6 +281,32 @@ async def test_async_json_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ({"text_data": "{not json"}, "Expecting property name"),
+        ({"text_data": ""}, "No text section for incoming WebSocket frame!"),
+        ({"bytes_data": b'{"a": 1}'}, "No text section for incoming WebSocket frame!"),
+    ],
+)
+@pytest.mark.parametrize("consumer", ["async", "sync"])
+async def test_json_bad_input_raises_by_default(
+    frame: dict[str, Any], error: str, consumer: str
+) -> None:
+    # Channels' behaviour: the consumer ends with a ValueError (JSONDecodeError is one).
+    app = (AsyncJson if consumer == "async" else SyncJson).as_asgi()
+    communicator = WebsocketCommunicator(app, "/ws/")
+    await communicator.connect()
+    await communicator.send_to(**frame)
+    with pytest.raises(ValueError, match=error):
+        await communicator.wait()
+
+
+class AsyncJsonClosing(AsyncJson):
+    invalid_json_close_code = 1007
+    unsupported_data_close_code = 1003
+
+
+@pytest.mark.parametrize(
     ("frame", "code"),
     [
         ({"text_data": "{not json"}, 1007),
@@ -289,10 +315,10 @@ async def test_async_json_round_trip() -> None:
     ],
 )
 @pytest.mark.parametrize("consumer", ["async", "sync"])
-async def test_json_bad_input_closes_cleanly(
+async def test_json_bad_input_closes_cleanly_with_close_codes(
     frame: dict[str, Any], code: int, consumer: str
 ) -> None:
-    app = (AsyncJson if consumer == "async" else SyncJson).as_asgi()
+    app = (AsyncJsonClosing if consumer == "async" else SyncJsonClosing).as_asgi()
     communicator = WebsocketCommunicator(app, "/ws/")
     await communicator.connect()
     await communicator.send_to(**frame)
@@ -373,6 +399,11 @@ class SyncEcho(WebsocketConsumer):
 class SyncJson(JsonWebsocketConsumer):
     def receive_json(self, content: Any, **kwargs: Any) -> None:
         self.send_json([content, content])
+
+
+class SyncJsonClosing(SyncJson):
+    invalid_json_close_code = 1007
+    unsupported_data_close_code = 1003
 
 
 async def test_sync_consumer_runs_in_a_thread_with_groups(layer: BaseChannelLayer) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 from typing import Any
 
+import asgiref.testing
 import pytest
 
 import tidings.testing
@@ -206,6 +207,22 @@ async def test_websocket_connect_results(reply: Message, result: tuple[bool, Any
     communicator.stop()
 
 
+@pytest.mark.parametrize(
+    ("reply", "headers"),
+    [
+        ({"type": "websocket.accept", "headers": [[b"foo", b"bar"]]}, [[b"foo", b"bar"]]),
+        ({"type": "websocket.accept"}, []),
+        ({"type": "websocket.close"}, None),
+    ],
+)
+async def test_websocket_response_headers(reply: Message, headers: Any) -> None:
+    communicator = WebsocketCommunicator(Scripted({"websocket.connect": [reply]}), "/")
+    assert communicator.response_headers is None
+    await communicator.connect()
+    assert communicator.response_headers == headers
+    communicator.stop()
+
+
 async def test_websocket_connect_unexpected_reply() -> None:
     app = Scripted({"websocket.connect": [{"type": "websocket.send", "text": "early"}]})
     with pytest.raises(AssertionError, match=r"'websocket\.send'"):
@@ -382,3 +399,245 @@ async def test_http_timeout() -> None:
     communicator = HttpCommunicator(Scripted(), "GET", "/")
     with pytest.raises(TimeoutError):
         await communicator.get_response(timeout=0.02)
+
+
+# -- the same scenarios against asgiref's ApplicationCommunicator ---------------
+#
+# Each test below runs once with asgiref's class (the reference, which Channels
+# re-exports) and once with ours, and asserts the same outcome for both. Where
+# ours ends a wait early (the application ended, so nothing can arrive) the
+# outcome is still the same; only the elapsed time differs.
+
+COMMUNICATORS = [
+    pytest.param(asgiref.testing.ApplicationCommunicator, id="asgiref"),
+    pytest.param(ApplicationCommunicator, id="tidings"),
+]
+
+
+@pytest.fixture(params=COMMUNICATORS)
+def communicator_class(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+class Relay:
+    """Answers ``{"type": "go", "n": i}`` with ``{"n": i}``; may misbehave when cancelled."""
+
+    def __init__(self, on_cancel: str = "propagate") -> None:
+        self.on_cancel = on_cancel
+        self.cancelled = False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "raise":
+                    raise ZeroDivisionError("relay failure")
+                if message["type"] == "send then raise":
+                    await send({"n": -1})
+                    raise ZeroDivisionError("after sending")
+                await send({"n": message["n"]})
+        except asyncio.CancelledError:
+            self.cancelled = True
+            if self.on_cancel == "return":
+                return
+            if self.on_cancel == "raise":
+                raise LookupError("raised on cancel") from None
+            raise
+
+
+async def test_parity_concurrent_receive_output_first_in_first_out(
+    communicator_class: Any,
+) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    done_order: list[int] = []
+    done = [asyncio.Event() for _ in range(3)]
+
+    async def receive(index: int) -> tuple[int, Message]:
+        message = await communicator.receive_output(timeout=5)
+        done_order.append(index)
+        done[index].set()
+        return index, message
+
+    receivers = [asyncio.create_task(receive(i)) for i in range(3)]
+    await asyncio.sleep(0)  # all three are waiting, in order
+    for n in range(3):
+        await communicator.send_input({"type": "go", "n": n})
+        # Each waiter is woken by its own message, long before its timeout.
+        async with asyncio.timeout(2):
+            await done[n].wait()
+    results = [await task for task in receivers]
+    assert results == [(0, {"n": 0}), (1, {"n": 1}), (2, {"n": 2})]
+    assert done_order == [0, 1, 2]
+    communicator.stop()
+
+
+async def test_parity_receive_output_timeout_cancels_the_app(communicator_class: Any) -> None:
+    app = Relay()
+    communicator = communicator_class(app, {"type": "x"})
+    with pytest.raises(TimeoutError):
+        await communicator.receive_output(timeout=0.02)
+    assert app.cancelled
+    assert communicator.future.cancelled()
+    # From then on every call reports the cancellation; wait() does not.
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.send_input({"type": "go", "n": 1})
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.receive_output(timeout=0.02)
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.receive_nothing(timeout=0.02)
+    with pytest.raises(asyncio.CancelledError):
+        communicator.stop()
+    communicator.stop(exceptions=False)
+    assert await communicator.wait() is None
+
+
+@pytest.mark.parametrize(("on_cancel", "error"), [("raise", LookupError), ("return", TimeoutError)])
+async def test_parity_receive_output_timeout_and_an_app_that_handles_cancel(
+    communicator_class: Any, on_cancel: str, error: type[Exception]
+) -> None:
+    communicator = communicator_class(Relay(on_cancel), {"type": "x"})
+    with pytest.raises(error):
+        await communicator.receive_output(timeout=0.02)
+    assert not communicator.future.cancelled()
+
+
+async def test_parity_concurrent_waiter_sees_the_cancellation(communicator_class: Any) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    patient = asyncio.create_task(communicator.receive_output(timeout=0.3))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await communicator.receive_output(timeout=0.02)
+    # The application is gone: the other waiter reports its cancellation.
+    with pytest.raises(asyncio.CancelledError):
+        await patient
+
+
+@pytest.mark.parametrize("before", [True, False])
+async def test_parity_app_error_is_raised_by_receive_output(
+    communicator_class: Any, before: bool
+) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    if before:
+        await communicator.send_input({"type": "raise"})
+        await asyncio.sleep(0.01)
+        assert communicator.future.done()
+    else:
+        asyncio.get_running_loop().call_later(
+            0.01, communicator.input_queue.put_nowait, {"type": "raise"}
+        )
+    with pytest.raises(ZeroDivisionError, match="relay failure"):
+        await communicator.receive_output(timeout=0.2)
+
+
+async def test_parity_app_error_beats_a_queued_message(communicator_class: Any) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    await communicator.send_input({"type": "send then raise"})
+    await asyncio.sleep(0.01)
+    assert not communicator.output_queue.empty()
+    with pytest.raises(ZeroDivisionError, match="after sending"):
+        await communicator.receive_output()
+    with pytest.raises(ZeroDivisionError, match="after sending"):
+        await communicator.wait()
+
+
+async def test_parity_app_that_ended_quietly(communicator_class: Any) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"n": 1})
+
+    communicator = communicator_class(app, {"type": "x"})
+    assert await communicator.receive_output() == {"n": 1}
+    assert communicator.future.done()
+    with pytest.raises(TimeoutError):
+        await communicator.receive_output(timeout=0.05)
+    assert await communicator.receive_nothing(timeout=0.02) is True
+    await communicator.send_input({"type": "go", "n": 2})  # nobody reads it; no error
+    await communicator.wait()
+    communicator.stop()
+
+
+async def test_parity_cancelling_receive_output_loses_nothing(communicator_class: Any) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    waiter = asyncio.create_task(communicator.receive_output(timeout=5))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not communicator.future.done()  # the application runs on
+    await communicator.send_input({"type": "go", "n": 7})
+    assert await communicator.receive_output() == {"n": 7}
+    communicator.stop()
+
+
+@pytest.mark.parametrize("on_cancel", ["propagate", "return"])
+async def test_parity_wait_timeout(communicator_class: Any, on_cancel: str) -> None:
+    app = Relay(on_cancel)
+    communicator = communicator_class(app, {"type": "x"})
+    assert await communicator.wait(timeout=0.02) is None
+    assert app.cancelled
+    assert communicator.future.cancelled() is (on_cancel == "propagate")
+
+
+async def test_parity_wait_timeout_app_raises_on_cancel(communicator_class: Any) -> None:
+    communicator = communicator_class(Relay("raise"), {"type": "x"})
+    with pytest.raises(LookupError):
+        await communicator.wait(timeout=0.02)
+
+
+async def test_parity_cancelling_wait_cancels_the_app(communicator_class: Any) -> None:
+    app = Relay()
+    communicator = communicator_class(app, {"type": "x"})
+    waiter = asyncio.create_task(communicator.wait(timeout=5))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    # wait() awaits the application's task: the cancellation goes to the
+    # application, and wait() returns normally once it has ended.
+    assert await waiter is None
+    assert app.cancelled
+    assert communicator.future.cancelled()
+
+
+async def test_parity_receive_nothing(communicator_class: Any) -> None:
+    communicator = communicator_class(Relay(), {"type": "x"})
+    assert await communicator.receive_nothing(timeout=0.02, interval=0.005) is True
+    await communicator.send_input({"type": "go", "n": 1})
+    assert await communicator.receive_nothing(timeout=0.5) is False
+    assert await communicator.receive_output() == {"n": 1}
+    communicator.stop()
+    await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.receive_nothing()
+
+
+async def test_parity_app_is_given_the_queues(communicator_class: Any) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.extend([receive, send])
+
+    communicator = communicator_class(app, {"type": "x"})
+    await communicator.wait()
+    assert seen == [communicator.input_queue.get, communicator.output_queue.put]
+
+
+async def test_websocket_concurrent_receives_are_served_in_order() -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    communicator = WebsocketCommunicator(app, "/")
+    first = asyncio.create_task(communicator.receive_from(timeout=5))
+    second = asyncio.create_task(communicator.receive_json_from(timeout=5))
+    third = asyncio.create_task(communicator.receive_output(timeout=5))
+    await asyncio.sleep(0)
+    await communicator.send_to(text_data="one")
+    # The first caller is woken by its frame, long before its timeout.
+    async with asyncio.timeout(1):
+        assert await first == "one"
+    assert not second.done()
+    await communicator.send_json_to({"two": 2})
+    await communicator.send_to(text_data="three")
+    async with asyncio.timeout(1):
+        assert await second == {"two": 2}
+        assert await third == {"type": "websocket.send", "text": "three"}
+    communicator.stop()

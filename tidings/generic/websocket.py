@@ -24,14 +24,17 @@ application; the server logs it and closes the socket with 1011 (internal
 error, RFC 6455 section 7.4.1). Group memberships are left even then (the
 base consumer leaves them when the instance ends for any reason).
 
-**JSON consumers** never crash on bad client input: a text frame that is not
-valid JSON closes the socket with ``1007`` (RFC 6455 section 7.4.1: "data
-within a message that was not consistent with the type of the message"), and
-a binary frame closes it with ``1003`` ("an endpoint that understands only
-text data MAY send this if it receives a binary message"). The codes are the
-class attributes ``invalid_json_close_code`` and
-``unsupported_data_close_code``. An exception raised by ``receive_json`` is
-the application's and propagates as above.
+**JSON consumers** expect text frames holding JSON. As in Channels, a frame
+without text (binary, or empty) raises ``ValueError`` and text that is not
+JSON raises ``decode_json``'s error (``json.JSONDecodeError``, a
+``ValueError``): the consumer ends as on any application error. To close the
+socket instead and keep the consumer running, set the class attributes
+``unsupported_data_close_code`` (RFC 6455 section 7.4.1 suggests ``1003``,
+"an endpoint that understands only text data MAY send this if it receives a
+binary message") and ``invalid_json_close_code`` (``1007``, "data within a
+message that was not consistent with the type of the message"); an empty
+text frame counts as invalid JSON then. An exception raised by
+``receive_json`` is the application's and propagates as above.
 
 The sync classes run every handler in the worker thread (see
 :class:`~tidings.consumer.SyncConsumer`); their ``accept``/``send``/``close``
@@ -60,10 +63,6 @@ __all__ = [
 
 logger = logging.getLogger("tidings.consumer")
 
-#: RFC 6455 section 7.4.1: the payload is inconsistent with the message type.
-CLOSE_INVALID_PAYLOAD = 1007
-#: RFC 6455 section 7.4.1: a data type the endpoint cannot accept (binary here).
-CLOSE_UNSUPPORTED_DATA = 1003
 #: RFC 6455 section 7.4.1 / ASGI: no status code was present in the close frame.
 CLOSE_NO_STATUS = 1005
 
@@ -93,6 +92,23 @@ def _close_message(code: int | bool | None, reason: str | None) -> Message:
     if reason:
         message["reason"] = reason
     return message
+
+
+#: Channels' message for a frame without text, which its tests match on.
+_NO_TEXT_ERROR = "No text section for incoming WebSocket frame!"
+
+
+def _no_text_close_code(text_data: str | None, unsupported: int | None, invalid: int | None) -> int:
+    """Return the code to close with for a frame without text (binary, or empty text).
+
+    Raises:
+        ValueError: no close code is configured for such a frame (Channels' behaviour).
+    """
+    code = unsupported if text_data is None else invalid
+    if code is None:
+        raise ValueError(_NO_TEXT_ERROR)
+    logger.debug("JSON consumer got a frame without text; closing with %d", code)
+    return code
 
 
 def _receive_kwargs(message: Message) -> dict[str, Any]:
@@ -189,20 +205,32 @@ class JsonWebsocketConsumer(WebsocketConsumer):
     Override ``receive_json(content)``; send with ``send_json(content)``.
     """
 
-    invalid_json_close_code: int = CLOSE_INVALID_PAYLOAD
-    unsupported_data_close_code: int = CLOSE_UNSUPPORTED_DATA
+    #: Close with this code on text that is not JSON (e.g. 1007), instead of raising.
+    invalid_json_close_code: int | None = None
+    #: Close with this code on a binary frame (e.g. 1003), instead of raising.
+    unsupported_data_close_code: int | None = None
 
     def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        """Decode a text frame and pass it to ``receive_json``; close on bad input."""
-        if text_data is None:
-            logger.debug("JSON consumer got a binary frame; closing")
-            self.close(self.unsupported_data_close_code)
+        """Decode a text frame and pass it to ``receive_json``.
+
+        Raises:
+            ValueError: the frame has no text, or ``decode_json`` failed, and
+                no close code is configured for that (see the module docstring).
+        """
+        if not text_data:
+            self.close(
+                _no_text_close_code(
+                    text_data, self.unsupported_data_close_code, self.invalid_json_close_code
+                )
+            )
             return
         try:
             content = self.decode_json(text_data)
         except ValueError:
+            if self.invalid_json_close_code is None:
+                raise
             logger.debug("JSON consumer got undecodable text; closing")
             self.close(self.invalid_json_close_code)
             return
@@ -317,20 +345,32 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     Override ``receive_json(content)``; send with ``send_json(content)``.
     """
 
-    invalid_json_close_code: int = CLOSE_INVALID_PAYLOAD
-    unsupported_data_close_code: int = CLOSE_UNSUPPORTED_DATA
+    #: Close with this code on text that is not JSON (e.g. 1007), instead of raising.
+    invalid_json_close_code: int | None = None
+    #: Close with this code on a binary frame (e.g. 1003), instead of raising.
+    unsupported_data_close_code: int | None = None
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        """Decode a text frame and pass it to ``receive_json``; close on bad input."""
-        if text_data is None:
-            logger.debug("JSON consumer got a binary frame; closing")
-            await self.close(self.unsupported_data_close_code)
+        """Decode a text frame and pass it to ``receive_json``.
+
+        Raises:
+            ValueError: the frame has no text, or ``decode_json`` failed, and
+                no close code is configured for that (see the module docstring).
+        """
+        if not text_data:
+            await self.close(
+                _no_text_close_code(
+                    text_data, self.unsupported_data_close_code, self.invalid_json_close_code
+                )
+            )
             return
         try:
             content = await self.decode_json(text_data)
         except ValueError:
+            if self.invalid_json_close_code is None:
+                raise
             logger.debug("JSON consumer got undecodable text; closing")
             await self.close(self.invalid_json_close_code)
             return

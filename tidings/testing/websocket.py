@@ -25,6 +25,11 @@ class WebsocketCommunicator(ApplicationCommunicator):
         headers: ``(name, value)`` byte pairs, names lower-case.
         subprotocols: subprotocols the client offers.
         spec_version: the ASGI WebSocket spec version to put in the scope.
+
+    Attributes:
+        response_headers: the ``headers`` of the application's
+            ``websocket.accept`` (``[]`` when it gave none), once :meth:`connect`
+            saw it accept; ``None`` before.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         if spec_version:
             scope["spec_version"] = spec_version
         super().__init__(application, scope)
+        self.response_headers: list[Any] | None = None
 
     async def connect(self, timeout: float = 1) -> tuple[bool, Any]:
         """Open the connection.
@@ -70,6 +76,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError(
                 f"Expected 'websocket.accept' or 'websocket.close', got {response['type']!r}"
             )
+        self.response_headers = response.get("headers", [])
         return (True, response.get("subprotocol", None))
 
     async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
