@@ -285,7 +285,7 @@ async def test_login_over_http_sets_the_cookie() -> None:
     await communicator.wait(timeout=TIMEOUT)
     jar: SimpleCookie = SimpleCookie()
     for name, value in start["headers"]:
-        if name == b"set-cookie":
+        if name.lower() == b"set-cookie":
             jar.load(value.decode())
     key = jar["sessionid"].value
     assert (await ws_visit(session_key=key))["user"].pk == user.pk
@@ -528,7 +528,21 @@ async def test_logout_when_anonymous(signals: list[Any]) -> None:
 
     scope = await ws_visit(do_logout)
     assert isinstance(scope["user"], AnonymousUser)
-    assert signals == [("out", None, None)]
+    # As Channels (Django would send it with user=None): nobody logged out.
+    assert signals == []
+
+
+async def test_logout_without_user_in_scope(signals: list[Any]) -> None:
+    user = await make_user()
+    key = await logged_in_session(user)
+    signals.clear()
+    scope: dict[str, Any] = {"session": SessionStore(key)}
+    await logout(scope)
+    # No user in the scope: no signal, and no "user" key added (as Channels).
+    assert "user" not in scope
+    assert signals == []
+    assert scope["session"].session_key is None
+    assert not await session_exists(key)
 
 
 async def test_logout_requires_session() -> None:

@@ -33,6 +33,10 @@ the secret lives in the session and :func:`login` replaces it. A cookie-held
 secret cannot be rotated from here (there may be no response to carry a
 cookie); an HTTP view that logs in should rotate it with Django's
 ``rotate_token`` as usual.
+
+This module imports before Django is set up (an ``asgi.py`` may import it
+above ``get_asgi_application()``, as Channels' tutorial does): the user
+models, which need the app registry, are imported where they are used.
 """
 
 from __future__ import annotations
@@ -49,8 +53,6 @@ from django.contrib.auth import (
     user_logged_in,
     user_logged_out,
 )
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH, CSRF_SESSION_KEY
@@ -76,12 +78,21 @@ _NO_SESSION = (
     "(SessionMiddlewareStack or AuthMiddlewareStack)."
 )
 
-_AnyUser = AbstractBaseUser | AnonymousUser
-
 if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    _AnyUser = AbstractBaseUser | AnonymousUser
     _UserLazyBase = LazyObject[_AnyUser]
 else:
     _UserLazyBase = LazyObject
+
+
+def _anonymous_user() -> AnonymousUser:
+    """A new ``AnonymousUser`` (its module needs the app registry, so imported here)."""
+    from django.contrib.auth.models import AnonymousUser
+
+    return AnonymousUser()
 
 
 def _session_of(scope: Scope) -> SessionBase:
@@ -150,9 +161,9 @@ async def get_user(scope: Scope) -> _AnyUser:
         # logged in, so skip the thread hop. Still count it as an access, so
         # that HTTP responses get ``Vary: Cookie`` as when the session loads.
         session.accessed = True
-        return AnonymousUser()
+        return _anonymous_user()
     user = await database_sync_to_async(_verified_user)(session)
-    return user if user is not None else AnonymousUser()
+    return user if user is not None else _anonymous_user()
 
 
 def _backend_path_for(user: AbstractBaseUser, backend: str | None) -> str:
@@ -231,30 +242,32 @@ async def login(scope: Scope, user: AbstractBaseUser | None, backend: str | None
     candidate: Any = user if user is not None else scope.get("user")
     if isinstance(candidate, LazyObject):
         candidate = _unwrap(candidate)
-    if candidate is None or isinstance(candidate, AnonymousUser):
+    if candidate is None or getattr(candidate, "is_anonymous", False):
         raise ValueError("User must be passed as an argument or must be present in the scope.")
     backend_path = _backend_path_for(candidate, backend)
     await database_sync_to_async(_log_in)(scope, session, candidate, backend_path)
 
 
 def _log_out(scope: Scope, session: SessionBase) -> None:
-    """Django's ``logout`` on a scope, in the database thread."""
+    """Channels' ``logout`` on a scope, in the database thread."""
     user = scope.get("user")
     if isinstance(user, LazyObject):
         user = _unwrap(user)
-    if not getattr(user, "is_authenticated", True):
-        user = None
-    user_logged_out.send(sender=user.__class__, request=None, user=user)
+    if user is not None and getattr(user, "is_authenticated", True):
+        user_logged_out.send(sender=user.__class__, request=None, user=user)
     session.flush()
-    scope["user"] = AnonymousUser()
+    if "user" in scope:
+        scope["user"] = _anonymous_user()
 
 
 async def logout(scope: Scope) -> None:
-    """Log the scope's user out, like Django's ``logout``.
+    """Log the scope's user out, like Channels' ``logout``.
 
-    Sends ``user_logged_out`` (``request=None``; ``user=None`` when nobody was
-    logged in), flushes the session (its data is deleted and it gets a new
-    key) and sets ``scope["user"]`` to ``AnonymousUser``.
+    Sends ``user_logged_out`` (``request=None``) when a logged-in user is in
+    ``scope["user"]``, and nothing when nobody is (Django's ``logout`` sends
+    it with ``user=None`` then); flushes the session (its data is deleted
+    and it gets a new key); and sets ``scope["user"]`` to ``AnonymousUser``
+    if the scope has a ``"user"``.
 
     Raises:
         ValueError: the scope has no session.

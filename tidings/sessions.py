@@ -8,7 +8,8 @@ cookie reads the same here as in ``request.COOKIES``. Its static helpers
 :meth:`~CookieMiddleware.set_cookie` and :meth:`~CookieMiddleware.delete_cookie`
 append ``Set-Cookie`` headers to an ``http.response.start`` message using the
 rules of Django's ``HttpResponse.set_cookie`` (RFC 6265 attributes, ``expires``
-as a datetime turned into ``Max-Age``, ``SameSite`` validation).
+as a datetime turned into ``Max-Age``, ``SameSite`` validation). The header
+is written as Channels writes it, ``(b"Set-Cookie", b"name=value; ...")``.
 
 :class:`SessionMiddleware` (inside ``CookieMiddleware``) puts a session store
 of ``settings.SESSION_ENGINE`` into ``scope["session"]``, keyed by the
@@ -21,7 +22,11 @@ never costs a query. For HTTP, the middleware watches the application's
   now empty (for example after ``logout``);
 * saves the session and (re)sets the cookie when it was modified, or on every
   response with ``SESSION_SAVE_EVERY_REQUEST``, except for 5xx responses;
-* adds ``Vary: Cookie`` when the session was accessed or the cookie changed.
+* adds ``Vary: Cookie`` when the session was accessed or the cookie was
+  deleted, so that a shared cache does not hand one user's page to another.
+
+One exception to Django: a response that sets the session cookie carries only
+that header, as with Channels' ``SessionMiddleware`` (no ``Vary``).
 
 The save and the expiry lookup happen together in one hop to the database
 thread (:func:`tidings.db.database_sync_to_async`), and only when a save is
@@ -46,6 +51,7 @@ from importlib import import_module
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
+from django.core.exceptions import SuspiciousOperation
 from django.http.cookie import parse_cookie
 from django.utils.http import http_date
 
@@ -61,6 +67,22 @@ _DELETED_EXPIRES = "Thu, 01 Jan 1970 00:00:00 GMT"
 # (draft-ietf-httpbis-rfc6265bis, "Cookie Name Prefixes").
 _SECURE_PREFIXES = ("__Secure-", "__Host-")
 _LIST_SEPARATOR = re.compile(r"\s*,\s*")
+
+
+class _InvalidSameSite(ValueError, AssertionError):
+    """A ``samesite`` other than lax/strict/none.
+
+    A ``ValueError`` as in Django's ``set_cookie``, and an ``AssertionError``
+    as Channels' ``assert`` raises, so either ``except`` catches it.
+    """
+
+
+class _SessionDeleted(SessionInterrupted, SuspiciousOperation):
+    """The session was deleted while the request ran.
+
+    Django's ``SessionInterrupted``, and the ``SuspiciousOperation`` that
+    Channels raises, so either ``except`` catches it.
+    """
 
 
 def _passes_through(scope: Scope) -> bool:
@@ -125,7 +147,8 @@ class CookieMiddleware(BaseMiddleware):
         ``max_age`` (seconds or a timedelta) also sets ``Expires``.
 
         Raises:
-            ValueError: ``samesite`` is not ``lax``, ``strict`` or ``none``,
+            ValueError: ``samesite`` is not ``lax``, ``strict`` or ``none``
+                (also an ``AssertionError``, which Channels raises there),
                 or both a datetime ``expires`` and ``max_age`` were given.
         """
         cookie: SimpleCookie = SimpleCookie()
@@ -161,9 +184,11 @@ class CookieMiddleware(BaseMiddleware):
             morsel["httponly"] = True
         if samesite:
             if samesite.lower() not in _SAMESITE_VALUES:
-                raise ValueError('samesite must be "lax", "none", or "strict".')
+                raise _InvalidSameSite('samesite must be "lax", "none", or "strict".')
             morsel["samesite"] = samesite
-        header = (b"set-cookie", morsel.OutputString().encode("latin1"))
+        # Capitalised as Channels writes it (code compares the tuples); header
+        # names are case-insensitive on the wire (RFC 9110 section 5.1).
+        header = (b"Set-Cookie", morsel.OutputString().encode("latin1"))
         message["headers"] = [*message.get("headers", ()), header]
 
     @staticmethod
@@ -216,7 +241,8 @@ def _save_session(session: SessionBase) -> tuple[int | None, str | None]:
 
     Raises:
         SessionInterrupted: the session was deleted while the request ran
-            (for example by a concurrent logout), as in Django.
+            (for example by a concurrent logout), as in Django; it is also a
+            ``SuspiciousOperation``, which Channels raises.
     """
     max_age: int | None = None
     expires: str | None = None
@@ -226,7 +252,7 @@ def _save_session(session: SessionBase) -> tuple[int | None, str | None]:
     try:
         session.save()
     except UpdateError:
-        raise SessionInterrupted(
+        raise _SessionDeleted(
             "The request's session was deleted before the request completed. "
             "The user may have logged out in a concurrent request, for example."
         )
@@ -298,7 +324,6 @@ class SessionMiddleware(BaseMiddleware):
             )
             _add_vary_cookie(message)
             return
-        vary = accessed
         save_due = (modified or settings.SESSION_SAVE_EVERY_REQUEST) and not empty
         if save_due and int(message.get("status", 200)) < 500:
             max_age, expires = await database_sync_to_async(_save_session)(session)
@@ -314,8 +339,7 @@ class SessionMiddleware(BaseMiddleware):
                 httponly=settings.SESSION_COOKIE_HTTPONLY or None,
                 samesite=settings.SESSION_COOKIE_SAMESITE,
             )
-            vary = True
-        if vary:
+        elif accessed:
             _add_vary_cookie(message)
 
 

@@ -19,6 +19,7 @@ from django.test import override_settings
 from django.utils import timezone
 from websockets.sync.client import connect
 
+import tidings.alias
 import tidings.testing
 from tidings.testing import ChannelsLiveServerTestCase, TidingsLiveServerTestCase
 from tidings.testing.live import ChannelsLiveServerTestCase as LiveFromModule
@@ -91,6 +92,24 @@ class NoStaticTests(ChannelsLiveServerTestCase):
         # whose URL router has no static route (Django's 404 page).
         response = httpx.get(f"{self.live_server_url}/static/probe.txt", timeout=10)
         assert response.status_code == 404
+
+
+@override_settings(ASGI_APPLICATION="tests.django_project.asgi_channels_alias.application")
+class ChannelsAliasTests(ChannelsLiveServerTestCase):
+    """A test process that runs Channels code through tidings.alias (as Channels' own
+    suite does, from a pytest plugin) gets the alias in the server process too."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        if not tidings.alias.installed():
+            tidings.alias.install()
+            cls.addClassCleanup(tidings.alias.uninstall)
+        super().setUpClass()
+
+    def test_server_imports_channels_through_the_alias(self) -> None:
+        response = httpx.get(f"{self.live_server_url}/", timeout=10)
+        assert response.status_code == 200
+        assert response.text == "served through the channels alias"
 
 
 class StartupFailureTests(unittest.TestCase):

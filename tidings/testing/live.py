@@ -22,7 +22,8 @@ process, as they are when the server starts:
   numbers, lists, dicts...); other values cannot cross and are left out;
 - ``DEBUG``, which Django's test runner turns off;
 - the database ``NAME`` of every connection (the *test* databases);
-- ``ALLOWED_HOSTS``, with :attr:`~ChannelsLiveServerTestCase.host` added.
+- ``ALLOWED_HOSTS``, with :attr:`~ChannelsLiveServerTestCase.host` added;
+- the ``channels`` import alias (:mod:`tidings.alias`), if it is installed.
 
 Settings the test process assigns directly, not through
 ``override_settings``, do not reach the server.
@@ -62,6 +63,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import TransactionTestCase
 from django.utils.functional import classproperty
+
+import tidings.alias
 
 __all__ = ["ChannelsLiveServerTestCase", "TidingsLiveServerTestCase"]
 
@@ -149,6 +152,10 @@ def _serve_child(config: dict[str, Any]) -> int:
         import django
         from django.conf import settings as child_settings
 
+        if config["channels_alias"]:
+            import tidings.alias
+
+            tidings.alias.install()
         for name, value in config["settings"].items():
             setattr(child_settings, name, value)
         for alias, name in config["databases"].items():
@@ -279,6 +286,10 @@ class ChannelsLiveServerTestCase(TransactionTestCase):
                 if (name := connections[alias].settings_dict.get("NAME"))
             },
             "serve_static": cls.serve_static,
+            # A test process that runs Channels code through the alias (installed
+            # by a test plugin, say, rather than by the settings) needs it in the
+            # server too, before the settings name ``"channels"`` as an app.
+            "channels_alias": tidings.alias.installed(),
         }
 
 
