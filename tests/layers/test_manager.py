@@ -234,10 +234,11 @@ def test_backend_paths_for_the_in_memory_layer(path: str) -> None:
 
 def test_channels_backend_paths_map_to_tidings() -> None:
     assert resolve_backend_path("channels.layers.InMemoryChannelLayer") == INMEMORY
-    assert (
-        resolve_backend_path("channels_redis.core.RedisChannelLayer")
-        == "tidings.layers.redis.RedisChannelLayer"
-    )
+    for path in (
+        "channels_redis.core.RedisChannelLayer",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    ):
+        assert resolve_backend_path(path) == "tidings.layers.redis.RedisChannelLayer"
     assert resolve_backend_path("my.own.Layer") == "my.own.Layer"
 
 
@@ -300,13 +301,59 @@ def test_mapped_path_is_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> None
     assert "'old.Layer' (read as 'tidings.layers.NoSuchLayer') cannot be imported" in message
 
 
-@pytest.mark.parametrize("path", ["collections.OrderedDict", "tidings.layers.get_channel_layer"])
-def test_backend_must_be_a_layer_class(path: str) -> None:
+def test_backend_must_be_a_class() -> None:
+    path = "tidings.layers.get_channel_layer"
     message = build_error({"default": {"BACKEND": path}})
     assert message == (
-        f"CHANNEL_LAYERS['default']['BACKEND'] = {path!r} "
-        "is not a subclass of tidings.layers.BaseChannelLayer"
+        f"CHANNEL_LAYERS['default']['BACKEND'] = {path!r} is not a class: name a channel "
+        "layer class, e.g. a subclass of tidings.layers.BaseChannelLayer"
     )
+
+
+def test_backend_must_make_a_channel_layer() -> None:
+    path = "collections.OrderedDict"
+    message = build_error({"default": {"BACKEND": path}})
+    assert message == (
+        f"CHANNEL_LAYERS['default']['BACKEND'] = {path!r} is not a channel layer: its "
+        "instances lack send, receive, new_channel (subclass tidings.layers.BaseChannelLayer)"
+    )
+
+
+class DuckLayer:
+    """A backend with the layer methods that does not subclass BaseChannelLayer."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None: ...
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        return {}
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return prefix + "!x"
+
+
+class BrokenLayer:
+    """A backend with a bug: its constructor raises KeyError (as in Channels' test)."""
+
+    def __init__(self, **options: Any) -> None:
+        raise KeyError("a bug inside the backend")
+
+
+def test_duck_typed_backend() -> None:
+    with layers_setting(BACKEND=f"{__name__}.DuckLayer", CONFIG={"x": 1}):
+        layer: Any = ChannelLayerManager()["default"]
+        assert isinstance(layer, DuckLayer) and layer.options == {"x": 1}
+
+
+def test_errors_inside_a_backend_propagate() -> None:
+    # Channels' test_backend_import_error_not_hidden: not an InvalidChannelLayerError.
+    with (
+        layers_setting(BACKEND=f"{__name__}.BrokenLayer"),
+        pytest.raises(KeyError, match="a bug inside the backend"),
+    ):
+        ChannelLayerManager().make_backend("default")
 
 
 def test_unknown_config_options() -> None:

@@ -565,6 +565,54 @@ async def test_messages_to_a_remote_channel_expire(
     await assert_empty(owner, channel)
 
 
+SENDER = """
+import asyncio, sys
+from tidings.layers.redis import RedisChannelLayer
+
+async def main():
+    layer = RedisChannelLayer([sys.argv[1]], prefix=sys.argv[2], expiry=1)
+    for text in sys.argv[3:]:
+        await layer.group_send("room", {"type": "room.message", "text": text})
+    await layer.close()
+
+asyncio.run(main())
+"""
+
+
+async def group_send_from_another_process(redis_url: str, prefix: str, *texts: str) -> None:
+    """Run a process that sends ``texts`` to the group "room", one message each, and exits."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SENDER, redis_url, prefix, *texts, env=env
+    )
+    try:
+        assert await asyncio.wait_for(child.wait(), 20) == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+
+async def test_a_member_stays_in_its_groups_after_a_message_expired_unread(
+    make_layer: Callable[..., RedisChannelLayer], raw: Redis, redis_url: str
+) -> None:
+    # channels_redis' rule (the in-memory layer's differs, as in Channels): a consumer
+    # busy for longer than expiry misses what expired, not every later group message.
+    owner = make_layer(expiry=1)
+    channel = await owner.new_channel()
+    await owner.group_add("room", channel)
+    await group_send_from_another_process(redis_url, owner.prefix, "expires unread")
+    await asyncio.sleep(1.5)
+    await group_send_from_another_process(redis_url, owner.prefix, "one", "two", "three")
+    got = [await receive(owner, channel) for _ in range(3)]
+    assert [message["text"] for message in got] == ["one", "two", "three"]
+    await owner.group_send("room", {"type": "room.message", "text": "from this process"})
+    assert (await receive(owner, channel))["text"] == "from this process"
+    await assert_empty(owner, channel)
+    members, _, _, _ = Keys(owner.prefix, 0).group("room", "-")
+    assert await raw.zrange(members, 0, -1) == [channel.encode()]
+
+
 async def test_memberships_expire_in_redis_too(
     make_layer: Callable[..., RedisChannelLayer], raw: Redis
 ) -> None:

@@ -23,13 +23,20 @@ Where Tidings differs from Channels, on purpose:
   ``CHANNEL_LAYERS = {}`` to have no channel layer (``None``), as in Channels.
 - An alias that the setting lacks raises ``InvalidChannelLayerError`` naming
   the alias instead of silently giving ``None``.
-- Every mistake (unknown keys, missing or unimportable ``BACKEND``, options
-  the backend does not take, out-of-range values) raises
-  ``InvalidChannelLayerError`` naming the setting key, e.g.
-  ``CHANNEL_LAYERS['default']['BACKEND']``.
-- Channels' backend paths keep working: ``channels.layers.InMemoryChannelLayer``
-  and ``channels_redis.core.RedisChannelLayer`` are read as their Tidings
-  counterparts (see ``resolve_backend_path``).
+- Every mistake (unknown keys, missing or unimportable ``BACKEND``, a
+  ``BACKEND`` that is not a channel layer class, options the backend does not
+  take, out-of-range values) raises ``InvalidChannelLayerError`` naming the
+  setting key, e.g. ``CHANNEL_LAYERS['default']['BACKEND']``. Any other
+  exception a backend's constructor raises (a ``KeyError``, say) propagates
+  unchanged, as in Channels, so a bug inside a backend is not disguised as a
+  settings mistake.
+- Channels' backend paths keep working: ``channels.layers.InMemoryChannelLayer``,
+  ``channels_redis.core.RedisChannelLayer`` and
+  ``channels_redis.pubsub.RedisPubSubChannelLayer`` are read as their Tidings
+  counterparts (see ``resolve_backend_path``). Options of those paths that
+  Tidings does not honour are refused by name, with the reason.
+- As in Channels, a backend need not subclass ``BaseChannelLayer``: any class
+  whose instances have ``send``, ``receive`` and ``new_channel`` will do.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -63,10 +70,25 @@ _IMPLICIT_CONFIGS: Final[Mapping[str, Mapping[str, Any]]] = {
     DEFAULT_CHANNEL_LAYER: {"BACKEND": _INMEMORY_PATH, "CONFIG": {}, "TEST_CONFIG": {}},
 }
 _ALIAS_KEYS: Final = ("BACKEND", "CONFIG", "TEST_CONFIG")
+_REDIS_PATH: Final = "tidings.layers.redis.RedisChannelLayer"
 _BACKEND_ALIASES: Final[Mapping[str, str]] = {
     "channels.layers.InMemoryChannelLayer": _INMEMORY_PATH,
-    "channels_redis.core.RedisChannelLayer": "tidings.layers.redis.RedisChannelLayer",
+    "channels_redis.core.RedisChannelLayer": _REDIS_PATH,
+    # One Redis layer serves both: it delivers group messages once per node, as
+    # the pub/sub layer does, and also queues (capacity, expiry) as the core one.
+    "channels_redis.pubsub.RedisPubSubChannelLayer": _REDIS_PATH,
 }
+# Options of a Channels BACKEND path that its Tidings counterpart refuses: path -> option
+# -> why. (Other options it does not take are refused by the generic check.)
+_REFUSED_OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
+    "channels_redis.pubsub.RedisPubSubChannelLayer": dict.fromkeys(
+        ("on_disconnect", "on_reconnect"),
+        "channels_redis 4.3 accepts it but never sends that message; Tidings does not "
+        "either, so remove it (Tidings' receive loops reconnect by themselves, and register "
+        "this process's group memberships again when Redis lost them)",
+    ),
+}
+_LAYER_METHODS: Final = ("send", "receive", "new_channel")
 
 
 def resolve_backend_path(path: str) -> str:
@@ -81,7 +103,11 @@ def resolve_backend_path(path: str) -> str:
 def _accepted_options(backend: type[BaseChannelLayer]) -> tuple[frozenset[str], bool]:
     """Return the keyword names ``backend`` takes, and whether it takes ``**kwargs``."""
     names: set[str] = set()
-    for parameter in inspect.signature(backend).parameters.values():
+    try:
+        parameters = inspect.signature(backend).parameters.values()
+    except (TypeError, ValueError):  # a class without a signature (built in C): call it
+        return frozenset(), True
+    for parameter in parameters:
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             return frozenset(names), True
         if parameter.kind in (
@@ -216,7 +242,8 @@ class ChannelLayerManager:
         """Build a layer from ``CHANNEL_LAYERS[alias]``, using ``config_key`` for options."""
         entry = self._entry(alias)
         where = f"{_SETTING}[{alias!r}]"
-        backend = _import_backend(entry["BACKEND"], f"{where}['BACKEND']")
+        path = entry["BACKEND"]
+        backend = _import_backend(path, f"{where}['BACKEND']")
         options = entry.get(config_key, {} if config_key == "CONFIG" else None)
         key = f"{where}[{config_key!r}]"
         if options is None:
@@ -225,6 +252,12 @@ class ChannelLayerManager:
             raise InvalidChannelLayerError(
                 f"{key} must be a dict of options, not {type(options).__name__}"
             )
+        for name, reason in _REFUSED_OPTIONS.get(path, {}).items():
+            if name in options:
+                raise InvalidChannelLayerError(
+                    f"{key} has option {name!r}, which Tidings does not take for "
+                    f"BACKEND {path!r}: {reason}"
+                )
         accepted, takes_any = _accepted_options(backend)
         unknown = sorted(str(name) for name in options if name not in accepted)
         if unknown and not takes_any:
@@ -234,9 +267,17 @@ class ChannelLayerManager:
                 f"it takes {', '.join(sorted(accepted)) or 'none'}"
             )
         try:
-            return backend(**options)
+            layer: object = backend(**options)
         except (TypeError, ValueError) as exc:
             raise InvalidChannelLayerError(f"{key} is not valid: {exc}") from exc
+        if isinstance(layer, BaseChannelLayer):
+            return layer
+        if not all(callable(getattr(layer, method, None)) for method in _LAYER_METHODS):
+            raise InvalidChannelLayerError(
+                f"{where}['BACKEND'] = {path!r} is not a channel layer: its instances lack "
+                f"{', '.join(_LAYER_METHODS)} (subclass tidings.layers.BaseChannelLayer)"
+            )
+        return cast(BaseChannelLayer, layer)  # a duck-typed layer, as Channels allows
 
 
 def _import_backend(path: object, key: str) -> type[BaseChannelLayer]:
@@ -251,11 +292,15 @@ def _import_backend(path: object, key: str) -> type[BaseChannelLayer]:
         backend = import_string(resolved)
     except ImportError as exc:
         raise InvalidChannelLayerError(f"{key} = {shown} cannot be imported: {exc}") from exc
-    if not (isinstance(backend, type) and issubclass(backend, BaseChannelLayer)):
+    if not isinstance(backend, type):
         raise InvalidChannelLayerError(
-            f"{key} = {shown} is not a subclass of tidings.layers.BaseChannelLayer"
+            f"{key} = {shown} is not a class: name a channel layer class, "
+            "e.g. a subclass of tidings.layers.BaseChannelLayer"
         )
-    return backend
+    # Not necessarily a subclass: Channels takes any class with the layer's methods
+    # (checked on the instance, once its constructor has run).
+    layer_class: type[BaseChannelLayer] = backend
+    return layer_class
 
 
 channel_layers = ChannelLayerManager()

@@ -150,8 +150,7 @@ def _check_plain(name: object, label: str) -> None:
         if "!" in name:
             problem = _rule(
                 label,
-                f"{_show(name)} contains '!' "
-                "(only channel names may have a process-specific part)",
+                f"{_show(name)} contains '!' (only channel names may have a process-specific part)",
             )
         else:
             problem = _character_problem(name, label)

@@ -1,12 +1,20 @@
 """How the Redis channel layer turns messages into bytes and back.
 
-Two steps, kept apart because they run in different places: ``dumps`` and
-``loads`` serialize (msgpack by default, JSON on request); ``seal``
-encrypts the serialized bytes when ``symmetric_encryption_keys`` is set,
-and ``read`` undoes both for what comes out of Redis. Messages delivered
-inside one process are serialized and read back too (so they behave
-exactly as they would across processes: tuples become lists,
-unserializable values fail at ``send``), but never encrypted.
+The serializer comes from :mod:`tidings.layers.serializers`' registry, by
+the layer's ``serializer_format``. Two steps are kept apart because they run
+in different places: ``dumps`` and ``loads`` serialize; ``seal`` encrypts the
+serialized bytes when ``symmetric_encryption_keys`` is set, and ``read``
+undoes both for what comes out of Redis. Messages delivered inside one
+process are serialized and read back too (so they behave exactly as they
+would across processes: tuples become lists, unserializable values fail at
+``send``), but never encrypted.
+
+That split needs a :class:`~tidings.layers.serializers.BaseMessageSerializer`
+whose ``serialize``/``deserialize`` are the base class's (the built-in
+formats are). For any other serializer (one that only has ``serialize`` and
+``deserialize``, or overrides them) ``dumps``/``loads`` are its
+``serialize``/``deserialize`` and ``seal`` changes nothing: the serializer
+does its own encryption, in-process messages included.
 
 Encryption uses Fernet (AES-128-CBC with HMAC-SHA256) from the optional
 ``cryptography`` package (the ``encryption`` extra), imported only when
@@ -22,81 +30,93 @@ layer logs and drops such a message, and carries on.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib
-import json
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Final
 
-import msgpack
-
-from tidings.exceptions import InvalidChannelLayerError
 from tidings.layers.base import Message
+from tidings.layers.serializers import BaseMessageSerializer, SerializerDoesNotExist, registry
 
 __all__ = ["SERIALIZER_FORMATS", "Codec", "UnreadableMessage"]
 
 SERIALIZER_FORMATS: Final = ("msgpack", "json")
-"""Accepted values of ``serializer_format``; msgpack carries ``bytes``, JSON does not."""
+"""The built-in values of ``serializer_format``; msgpack carries ``bytes``, JSON does not."""
 
 
 class UnreadableMessage(ValueError):
     """Bytes from Redis that are not a message this codec wrote (other keys or format)."""
 
 
+def _unchanged(data: bytes) -> bytes:
+    return data
+
+
+class _NeverRaised(Exception):
+    """Stands for ``InvalidToken`` where this codec does not decrypt."""
+
+
 class Codec:
     """Serializes messages and, with keys, encrypts them.
 
     Args:
-        serializer_format: ``"msgpack"`` or ``"json"``.
+        serializer_format: a format of :data:`tidings.layers.serializers.registry`.
         keys: ``symmetric_encryption_keys``; ``None`` or empty for none.
+        expiry: the layer's ``expiry``, passed to the serializer.
 
     Raises:
-        ValueError: unknown format, or ``keys`` is not a list of non-empty keys.
+        ValueError: unknown format, a serializer class that does not take the
+            serializer arguments, or ``keys`` is not a list of non-empty keys.
         InvalidChannelLayerError: keys are given but ``cryptography`` is not installed.
     """
 
-    def __init__(self, serializer_format: str, keys: Sequence[str | bytes] | None) -> None:
-        if serializer_format not in SERIALIZER_FORMATS:
-            raise ValueError(
-                f"serializer_format must be 'msgpack' or 'json', not {serializer_format!r}"
+    def __init__(
+        self,
+        serializer_format: str,
+        keys: Sequence[str | bytes] | None,
+        *,
+        expiry: float | None = None,
+    ) -> None:
+        try:
+            serializer = registry.get_serializer(
+                serializer_format,
+                symmetric_encryption_keys=keys or None,
+                random_prefix_length=0,
+                expiry=expiry,
             )
+        except SerializerDoesNotExist:
+            known = ", ".join(map(repr, registry.formats))
+            raise ValueError(
+                f"serializer_format {serializer_format!r} is not registered (registered: "
+                f"{known}; see tidings.layers.serializers.registry)"
+            ) from None
+        except TypeError as exc:
+            raise ValueError(
+                f"the serializer class of serializer_format {serializer_format!r} must take "
+                f"the keyword arguments symmetric_encryption_keys, random_prefix_length and "
+                f"expiry: {exc}"
+            ) from exc
         self.format = serializer_format
-        self._crypter: Any = None
-        self._invalid_token: type[Exception] = Exception
-        if keys:
-            self._crypter, self._invalid_token = _make_crypter(keys)
-
-    @property
-    def encrypted(self) -> bool:
+        self.serializer = serializer
+        """The serializer instance (channels_redis' ``layer._serializer``)."""
+        self.encrypted = bool(keys)
         """Whether payloads are encrypted."""
-        return self._crypter is not None
-
-    def dumps(self, message: Message) -> bytes:
-        """Serialize ``message``.
-
-        Raises:
-            TypeError: the message holds a value the format cannot carry.
-        """
-        if self.format == "json":
-            return json.dumps(message, separators=(",", ":")).encode()
-        data: bytes = msgpack.packb(message, use_bin_type=True)
-        return data
-
-    def loads(self, data: bytes) -> Message:
-        """Read back a message written by ``dumps``."""
-        if self.format == "json":
-            message: Message = json.loads(data)
+        cls = type(serializer)
+        if (
+            isinstance(serializer, BaseMessageSerializer)
+            and cls.serialize is BaseMessageSerializer.serialize
+            and cls.deserialize is BaseMessageSerializer.deserialize
+        ):
+            self.dumps: Callable[[Message], bytes] = serializer.as_bytes
+            self.loads: Callable[[bytes], Message] = serializer.from_bytes
+            crypter = serializer.crypter
+            self.seal: Callable[[bytes], bytes] = _unchanged if crypter is None else crypter.encrypt
+            self._decrypt: Callable[[bytes], bytes] = serializer.decrypt
+            self._invalid_token: type[Exception] = serializer.invalid_token
         else:
-            message = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return message
-
-    def seal(self, data: bytes) -> bytes:
-        """Encrypt serialized bytes (unchanged without keys)."""
-        if self._crypter is None:
-            return data
-        sealed: bytes = self._crypter.encrypt(data)
-        return sealed
+            self.dumps = serializer.serialize
+            self.loads = serializer.deserialize
+            self.seal = _unchanged
+            self._decrypt = _unchanged
+            self._invalid_token = _NeverRaised
 
     def read(self, data: bytes) -> Message:
         """Decrypt (with keys) and deserialize what ``seal(dumps(message))`` made.
@@ -105,13 +125,12 @@ class Codec:
             UnreadableMessage: no key decrypts ``data``, or it is not a message
                 in this format.
         """
-        if self._crypter is not None:
-            try:
-                data = self._crypter.decrypt(data)
-            except self._invalid_token:
-                raise UnreadableMessage(
-                    "it could not be decrypted with any of symmetric_encryption_keys"
-                ) from None
+        try:
+            data = self._decrypt(data)
+        except self._invalid_token:
+            raise UnreadableMessage(
+                "it could not be decrypted with any of symmetric_encryption_keys"
+            ) from None
         try:
             message = self.loads(data)
         except Exception as exc:  # msgpack's and json's many errors, bad UTF-8...
@@ -122,29 +141,3 @@ class Codec:
         if not isinstance(message, dict):
             raise UnreadableMessage(f"it is a {type(message).__name__}, not a message dict")
         return message
-
-
-def _make_crypter(keys: Sequence[str | bytes]) -> tuple[Any, type[Exception]]:
-    """Return a ``MultiFernet`` over ``keys`` (the first encrypts) and its ``InvalidToken``."""
-    if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
-        raise ValueError("symmetric_encryption_keys must be a list of keys, not one key")
-    for key in keys:  # never show a key in an error
-        if not isinstance(key, str | bytes):
-            raise ValueError(
-                f"symmetric_encryption_keys must hold str or bytes keys, not {type(key).__name__}"
-            )
-        if not key:
-            raise ValueError("symmetric_encryption_keys holds an empty key")
-    try:
-        fernet = importlib.import_module("cryptography.fernet")
-    except ImportError:
-        raise InvalidChannelLayerError(
-            "symmetric_encryption_keys needs the 'cryptography' package, which is not "
-            "installed: pip install 'tidings[encryption]' (or 'cryptography>=42')"
-        ) from None
-    ciphers = []
-    for key in keys:
-        raw = key.encode() if isinstance(key, str) else key
-        ciphers.append(fernet.Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
-    invalid_token: type[Exception] = fernet.InvalidToken
-    return fernet.MultiFernet(ciphers), invalid_token

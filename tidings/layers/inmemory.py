@@ -83,7 +83,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from tidings.exceptions import ChannelFull
 from tidings.layers._names import check_name_prefix
@@ -154,13 +154,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         capacity: messages a channel may hold before ``send`` raises ``ChannelFull``.
         channel_capacity: per-channel capacities by glob or regex; see
             :class:`~tidings.layers.BaseChannelLayer`.
-        leave_groups_on_expiry: whether a channel whose message expired unread
-            leaves its groups (Channels' in-memory rule, the default). The Redis
-            layer, whose local queues live here, turns it off: there a channel
-            stays in its groups until ``group_discard`` or ``group_expiry``.
 
     Raises:
         ValueError: an option is out of range.
+    """
+
+    _leave_groups_on_expiry: ClassVar[bool] = True
+    """Channels' rule: a channel whose message expired unread leaves its groups.
+
+    The Redis layer keeps its local queues in a subclass that sets it False
+    (channels_redis' rule: memberships last until discarded or expired).
     """
 
     def __init__(
@@ -170,11 +173,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         group_expiry: float = DEFAULT_GROUP_EXPIRY,
         capacity: int = DEFAULT_CAPACITY,
         channel_capacity: Mapping[CapacityPattern, int] | None = None,
-        leave_groups_on_expiry: bool = True,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.group_expiry: float = _positive_number("group_expiry", group_expiry)
-        self._leave_groups_on_expiry = bool(leave_groups_on_expiry)
         self._clock: Callable[[], float] = time.monotonic
         self._lock = threading.Lock()
         self.channels: dict[str, _Channel] = {}

@@ -70,7 +70,9 @@ so queues that nobody reads vanish. An entry routed into a node's memory
 starts a fresh ``expiry`` there (its time in the inbox, normally
 milliseconds, is not deducted), and a node's queues drop what expires
 unread, so buffers of channels nobody reads stay bounded (``capacity``)
-and are reclaimed. Messages are serialized even between channels of one
+and are reclaimed. A channel whose message expired unread stays in its
+groups (channels_redis' rule; the in-memory layer's differs, see
+``_NodeQueues``), as Redis still lists it. Messages are serialized even between channels of one
 node, so they behave the same wherever their reader runs.
 
 **Capacity.** Shared channels: checked in the send script. Local channels:
@@ -118,6 +120,7 @@ and move to a new loop when theirs has closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import threading
@@ -183,6 +186,16 @@ _CHECKED_NAMES: Final = 65536  # checked names remembered, then forgotten all at
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
+class _NodeQueues(InMemoryChannelLayer):
+    """This node's queues and memberships, under channels_redis' expiry rule.
+
+    A channel whose message expired unread stays in its groups (until
+    ``group_discard`` or ``group_expiry``), as Redis still lists it there.
+    """
+
+    _leave_groups_on_expiry = False
+
+
 class RedisChannelLayer(NodeSide, BaseChannelLayer):
     """A channel layer on Redis: many processes, many hosts, per-node group fan-out.
 
@@ -201,7 +214,8 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             all decrypt, so keys can be rotated. A message that no key
             decrypts is logged and dropped.
         random_prefix_length: length of the node id in channel names.
-        serializer_format: ``"msgpack"`` (default; carries bytes) or ``"json"``.
+        serializer_format: a format of :data:`tidings.layers.serializers.registry`:
+            ``"msgpack"`` (default; carries bytes), ``"json"`` or one registered there.
         inbox_capacity: unexpired entries a node's inbox may hold.
 
     Raises:
@@ -236,7 +250,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         if not 8 <= length <= 32:
             raise ValueError(f"random_prefix_length must be between 8 and 32, not {length}")
         self.hosts: list[HostSpec] = parse_hosts(hosts)
-        self._codec = Codec(serializer_format, symmetric_encryption_keys)
+        self._codec = Codec(serializer_format, symmetric_encryption_keys, expiry=self.expiry)
         self._node = secrets.token_hex(16)[:length]
         # Shards: one per host, or the hash tags of a cluster.
         cluster = self.hosts[0].kind == "cluster"
@@ -248,7 +262,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         self._publish = "" if cluster else "1"
         self._expiry_ms = max(1, round(self.expiry * 1000))
         self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
-        self._local = InMemoryChannelLayer(
+        self._local = _NodeQueues(
             expiry=expiry,
             group_expiry=group_expiry,
             capacity=capacity,
@@ -548,6 +562,37 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
                     await client.unlink(*batch)
         if readers is not None:
             self._ensure_readers()
+
+    async def close_pools(self) -> None:
+        """Close every connection, in every event loop (channels_redis' method of that name).
+
+        The layer stays usable: receive loops that were running start again
+        at once in their event loop, and other connections reopen on demand.
+        """
+        readers = await self._stop_readers()
+        await self._loops.aclose()
+        if readers is not None:
+            if readers.loop is asyncio.get_running_loop():
+                self._ensure_readers()
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                    readers.loop.call_soon_threadsafe(self._ensure_readers)
+
+    def serialize(self, message: Message) -> bytes:
+        """Return ``message`` as the layer stores it in Redis: serialized, then encrypted.
+
+        Raises:
+            TypeError: the message holds a value the format cannot carry.
+        """
+        return self._codec.seal(self._codec.dumps(message))
+
+    def deserialize(self, message: bytes) -> Message:
+        """Return the message that :meth:`serialize` turned into ``message``.
+
+        Raises:
+            ValueError: no key decrypts it, or it is not a message in this format.
+        """
+        return self._codec.read(message)
 
     async def close(self) -> None:
         """Stop the receive loops and close every connection, in every event loop.
