@@ -67,7 +67,7 @@ def test_refuses_to_shadow_an_installed_channels(
     fake.mkdir()
     (fake / "__init__.py").write_text("REAL = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(AliasConflict, match="a real Channels is installed at .*channels"):
+    with pytest.raises(AliasConflict, match=r"a real Channels is installed at .*channels"):
         tidings.alias.install()
     assert not tidings.alias.installed()
 

@@ -363,6 +363,7 @@ _FIXED: dict[str, list[str]] = {
     "live server start-up timeout": [
         "tidings.testing.live.ChannelsLiveServerTestCase.server_startup_timeout"
     ],
+    "in-memory layer send sweep": ["tidings.layers.inmemory.SEND_SWEEP_CHANNELS"],
 }
 
 # Constants whose values the tests above compare with the reference in another way.
@@ -383,6 +384,8 @@ _NOT_USER_FACING = {
     "tidings.layers._redis_node.READER_GRACE": "internal: slack on a receive loop step's timeout",
     "tidings.wire.websocket.DEFAULT_MAX_MESSAGE_SIZE": "sans-I/O default; the server passes "
     "--ws-max-message-size",
+    "tidings.wire.websocket.DEFAULT_MAX_FRAGMENTS": "sans-I/O default; the server passes "
+    "--ws-max-fragments",
     "tidings.wire.frames.MAX_CONTROL_PAYLOAD": "RFC 6455 section 5.5",
     "tidings.wire.frames.MAX_CLOSE_REASON": "RFC 6455 section 5.5",
 }

@@ -298,6 +298,66 @@ def test_max_message_size_fragmented() -> None:
     assert_failed(conn, data, 1009)
 
 
+def test_max_fragments() -> None:
+    conn = WebSocketConnection(max_fragments=3)
+    data = client_frame(TEXT, b"a", fin=False) + client_frame(CONT, b"b", fin=False)
+    assert feed(conn, data + client_frame(CONT, b"c")) == [TextMessage("abc")]
+    # The count starts again with each message.
+    assert feed(conn, data + client_frame(CONT, b"c")) == [TextMessage("abc")]
+    data += client_frame(CONT, b"c", fin=False)
+    assert_failed(conn, data + client_frame(CONT, b""), 1009)
+    assert conn.close_reason == "message has too many fragments"
+
+
+def test_endless_empty_continuation_frames_end_at_the_fragment_cap() -> None:
+    """H2: a message of empty fragments that never ends is closed with 1009."""
+    conn = WebSocketConnection()
+    events = feed(conn, client_frame(BINARY, b"", fin=False))
+    empty = client_frame(CONT, b"", fin=False)
+    chunk = empty * 1000
+    fed = 0
+    while not events:
+        events = feed(conn, chunk)
+        fed += 1000
+        assert fed <= websocket.DEFAULT_MAX_FRAGMENTS + 1000
+    assert isinstance(events[-1], ConnectionFailed)
+    assert events[-1].code == 1009
+
+
+def test_a_partial_message_holds_its_payload_and_no_more() -> None:
+    """1-byte fragments: the partial message is one buffer of exactly its bytes."""
+    conn = WebSocketConnection(max_fragments=10_000)
+    feed(conn, client_frame(BINARY, b"x", fin=False))
+    assert feed(conn, b"".join(client_frame(CONT, b"x", fin=False) for _ in range(4999))) == []
+    assert conn._frag_buffer == bytearray(b"x" * 5000)
+    assert feed(conn, client_frame(CONT, b"")) == [BytesMessage(b"x" * 5000)]
+    assert conn._frag_buffer == bytearray()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=12),
+    limit=st.integers(min_value=1, max_value=14),
+)
+def test_fragment_limit_property(text: str, cuts: list[int], limit: int) -> None:
+    """Any split of a message is reassembled exactly within the cap and refused past it."""
+    payload = text.encode()
+    points = sorted({min(c, len(payload)) for c in cuts})
+    pieces = [payload[a:b] for a, b in zip([0, *points], [*points, len(payload)], strict=True)]
+    frames = [
+        client_frame(TEXT if i == 0 else CONT, piece, fin=i == len(pieces) - 1)
+        for i, piece in enumerate(pieces)
+    ]
+    conn = WebSocketConnection(max_fragments=limit)
+    events = feed(conn, b"".join(frames))
+    if len(pieces) <= limit or len(pieces) == 1:
+        assert events == [TextMessage(text)]
+    else:
+        assert isinstance(events[-1], ConnectionFailed)
+        assert events[-1].code == 1009
+
+
 def test_max_frame_size() -> None:
     conn = WebSocketConnection(max_frame_size=50, max_message_size=100)
     data = client_frame(BINARY, b"x" * 50, fin=False) + client_frame(CONT, b"x" * 50)
@@ -308,6 +368,8 @@ def test_max_frame_size() -> None:
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError, match="size limits"):
         WebSocketConnection(max_message_size=-1)
+    with pytest.raises(ValueError, match="max_fragments"):
+        WebSocketConnection(max_fragments=0)
     with pytest.raises(ValueError, match="size limits"):
         WebSocketConnection(max_frame_size=-1)
 

@@ -215,6 +215,12 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"largest single frame ({_mib(ws.max_frame_size)})",
     )
     g.add_argument(
+        "--ws-max-fragments",
+        type=int,
+        default=ws.max_fragments,
+        help=f"frames one message may span; more closes with 1009 ({ws.max_fragments})",
+    )
+    g.add_argument(
         "--ws-ping-interval",
         type=_seconds,
         default=ws.ping_interval,
@@ -300,6 +306,7 @@ def build_config(ns: argparse.Namespace) -> Config:
         websocket=WebSocketSettings(
             max_message_size=ns.ws_max_message_size,
             max_frame_size=ns.ws_max_frame_size,
+            max_fragments=ns.ws_max_fragments,
             ping_interval=optional(ns.ws_ping_interval),
             ping_timeout=optional(ns.ws_ping_timeout),
             handshake_timeout=ns.ws_handshake_timeout,

@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tidings.wire.websocket import DEFAULT_MAX_FRAGMENTS
+
 __all__ = [
     "DEFAULT_APPLICATION_CLOSE_TIMEOUT",
     "DEFAULT_BACKLOG",
@@ -79,6 +81,9 @@ DEFAULT_APPLICATION_CLOSE_TIMEOUT = 10.0
 # WebSocket defaults (see docs/reference.md).
 DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024  # 1 MiB, after decompression too
 DEFAULT_WS_MAX_FRAME_SIZE = 1024 * 1024  # a single frame can't exceed a message
+# Frames one message may span: a message of endless empty fragments is closed with
+# 1009 (the rationale is at the wire constant).
+DEFAULT_WS_MAX_FRAGMENTS = DEFAULT_MAX_FRAGMENTS
 DEFAULT_WS_PING_INTERVAL = 20.0  # below the 30-60 s idle cut-offs of common proxies
 DEFAULT_WS_PING_TIMEOUT = 20.0
 DEFAULT_WS_HANDSHAKE_TIMEOUT = 10.0  # the app must accept or deny within this
@@ -123,6 +128,7 @@ class WebSocketSettings:
 
     max_message_size: int = DEFAULT_WS_MAX_MESSAGE_SIZE
     max_frame_size: int = DEFAULT_WS_MAX_FRAME_SIZE
+    max_fragments: int = DEFAULT_WS_MAX_FRAGMENTS
     ping_interval: float | None = DEFAULT_WS_PING_INTERVAL
     ping_timeout: float | None = DEFAULT_WS_PING_TIMEOUT
     handshake_timeout: float = DEFAULT_WS_HANDSHAKE_TIMEOUT
@@ -204,6 +210,7 @@ class Config:
         ws = self.websocket
         _check(ws.max_message_size, 1, 1 << 40, "--ws-max-message-size")
         _check(ws.max_frame_size, 1, 1 << 40, "--ws-max-frame-size")
+        _check(ws.max_fragments, 1, 1 << 30, "--ws-max-fragments")
         _check(ws.max_send_buffer, 1024, 1 << 40, "--ws-max-send-buffer")
         _check(ws.max_queue, 1, 1 << 20, "--ws-max-queue")
         for name, opt in (

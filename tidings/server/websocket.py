@@ -507,6 +507,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._conn = WebSocketConnection(
             max_message_size=settings.max_message_size,
             max_frame_size=settings.max_frame_size,
+            max_fragments=settings.max_fragments,
             deflate=None if negotiated is None else negotiated[1],
         )
         self._phase = _OPEN

@@ -73,6 +73,7 @@ from tidings.wire.frames import (
 _FAST_UNMASK = HAVE_SPEEDUPS
 
 __all__ = [
+    "DEFAULT_MAX_FRAGMENTS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "BytesMessage",
     "CloseReceived",
@@ -89,6 +90,12 @@ __all__ = [
 #: 1 MiB, as websockets and uvicorn use: generous for chat/JSON, small enough that a
 #: thousand connections each holding one maximal message stay within a gigabyte.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+#: Frames one message may span (RFC 6455 §5.4 sets no limit). Without a cap, a message of
+#: empty continuation frames never ends and costs the parser work per frame for ever;
+#: 4,096 lets a 1 MiB message arrive in 256-byte fragments, far smaller than any client
+#: library sends.
+DEFAULT_MAX_FRAGMENTS = 4096
 
 
 class ConnectionState(Enum):
@@ -194,6 +201,9 @@ class WebSocketConnection:
             1009 beyond it). The wire size of one frame is also bounded by it.
         max_frame_size: largest payload of a single frame, or None for
             ``max_message_size`` (1009 beyond it).
+        max_fragments: most frames one message may span (1009 beyond it). A partial
+            message is held in one buffer, so the memory it takes is its payload
+            bytes, whatever the number of fragments.
         deflate: the negotiated permessage-deflate state, or None without compression.
     """
 
@@ -207,12 +217,12 @@ class WebSocketConnection:
         "_events",
         "_fast_max",
         "_fast_max16",
+        "_frag_buffer",
         "_frag_compressed",
+        "_frag_count",
         "_frag_opcode",
-        "_frag_parts",
-        "_frag_size",
-        "_frag_text",
         "_frame_limit",
+        "_max_fragments",
         "_max_message_size",
         "_out",
         "_parser",
@@ -224,10 +234,14 @@ class WebSocketConnection:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_frame_size: int | None = None,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
         deflate: PerMessageDeflate | None = None,
     ) -> None:
         if max_message_size < 0 or (max_frame_size is not None and max_frame_size < 0):
             raise ValueError("size limits must be >= 0")
+        if max_fragments < 1:
+            raise ValueError("max_fragments must be >= 1")
+        self._max_fragments = max_fragments
         frame_limit = max_message_size
         if max_frame_size is not None:
             frame_limit = min(max_frame_size, max_message_size)
@@ -244,11 +258,12 @@ class WebSocketConnection:
         self._close_code: int | None = None
         self._close_reason = ""
         # The fragmented message being reassembled (RFC 6455 §5.4); opcode 0 = none.
+        # One growing buffer, not a list of fragments: a fragment costs its payload
+        # bytes and nothing more, so a flood of tiny or empty ones holds no memory.
         self._frag_opcode = 0
         self._frag_compressed = False
-        self._frag_parts: list[bytes] = []
-        self._frag_text: list[str] = []
-        self._frag_size = 0
+        self._frag_buffer = bytearray()
+        self._frag_count = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._frame_limit = frame_limit
         self._fast_max = self._fast_max16 = -1
@@ -378,20 +393,25 @@ class WebSocketConnection:
             return
         self._frag_opcode = opcode
         self._frag_compressed = rsv1
-        self._frag_size = 0
+        self._frag_count = 0
         if opcode == _TEXT and not rsv1:
             # Validate as fragments arrive so an invalid one fails at once (§8.1).
             self._decoder = _Utf8Decoder()
         self._add_fragment(payload)
 
     def _add_fragment(self, payload: bytes) -> None:
-        self._frag_size += len(payload)
-        if self._frag_size > self._max_message_size:
+        buffer = self._frag_buffer
+        if len(buffer) + len(payload) > self._max_message_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        self._frag_count += 1
+        if self._frag_count > self._max_fragments:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message has too many fragments")
+        buffer += payload
         decoder = self._decoder
         if decoder is not None:
+            # Validation only: the text is decoded once, whole, when the message ends.
             try:
-                self._frag_text.append(decoder.decode(payload))
+                decoder.decode(payload)
             except UnicodeDecodeError:
                 raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
             # CPython's decoder rejects every impossible prefix at once except ED A0-BF,
@@ -399,27 +419,23 @@ class WebSocketConnection:
             pending = decoder.getstate()[0]
             if len(pending) == 2 and pending[0] == 0xED and pending[1] >= 0xA0:
                 raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
-        else:
-            self._frag_parts.append(payload)
 
     def _finish_fragmented(self) -> None:
         opcode = self._frag_opcode
         decoder = self._decoder
+        payload = bytes(self._frag_buffer)
         self._frag_opcode = 0
         self._decoder = None
+        self._frag_buffer = bytearray()
         if decoder is not None:
-            text = self._frag_text
-            self._frag_text = []
             try:
-                text.append(decoder.decode(b"", True))
+                decoder.decode(b"", True)
             except UnicodeDecodeError:
                 raise ProtocolError(
                     CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message ends inside a character"
                 )
-            self._events.append(TextMessage("".join(text)))
+            self._events.append(TextMessage(payload.decode("utf-8")))
             return
-        payload = b"".join(self._frag_parts)
-        self._frag_parts = []
         self._deliver(opcode, self._frag_compressed, payload)
 
     def _deliver(self, opcode: int, compressed: bool, payload: bytes) -> None:
@@ -469,8 +485,7 @@ class WebSocketConnection:
         self._close_reason = reason
         self._set_fast_path(False)
         self._frag_opcode = 0
-        self._frag_parts = []
-        self._frag_text = []
+        self._frag_buffer = bytearray()
         self._decoder = None
 
     # --- output -----------------------------------------------------------------
