@@ -14,8 +14,8 @@ The fenced code blocks of ``README.md`` and ``docs/*.md`` are read by language:
   fragment with a top-level ``await`` only compile.
 - ``sh``: each command line that runs ``tidings``, ``manage.py`` or a script of
   the repository is parsed by the real argument parser (``tidings serve``
-  lines also build a valid server ``Config``); the migration guide's rewrite
-  command is run on sample files.
+  lines also build a valid server ``Config``); the migration guide's
+  ``tidings migrate-imports`` commands are run on sample files.
 - ``nginx``, ``haproxy``, ``ini`` (systemd units): checked for the settings
   the text around them claims (HTTP/1.1 and Upgrade headers, unbuffered event
   streams, timeouts above the server's keepalive intervals, ``KillMode``...),
@@ -402,26 +402,50 @@ def test_readme_quick_start_is_exactly_two_commands() -> None:
 _SAMPLE = """\
 from channels.generic.websocket import AsyncWebsocketConsumer
 import channels.layers
+if True:
     from channels.db import database_sync_to_async
 from channels_redis.core import RedisChannelLayer
-channels = ["a"]  # from channels.layers stays a comment
+layer = channels.layers.get_channel_layer()  # from channels.layers stays a comment
 """
 _EXPECTED = """\
 from tidings.generic.websocket import AsyncWebsocketConsumer
 import tidings.layers
+if True:
     from tidings.db import database_sync_to_async
-from channels_redis.core import RedisChannelLayer
-channels = ["a"]  # from channels.layers stays a comment
+from tidings.layers.redis import RedisChannelLayer
+layer = tidings.layers.get_channel_layer()  # from channels.layers stays a comment
 """
 
 
-def test_migration_rewrite_command(tmp_path: Path) -> None:
-    (block,) = [b for b in _blocks(DOCS / "migration.md") if b.lang == "sh" and "sed " in b.text]
+def test_migration_rewrite_commands(tmp_path: Path) -> None:
+    """The guide's ``tidings migrate-imports`` lines: a dry run, then ``--write``."""
+    (block,) = [
+        b for b in _blocks(DOCS / "migration.md") if b.lang == "sh" and "migrate-imports" in b.text
+    ]
+    commands = list(_commands(block))
+    assert [words[:2] for words in commands] == [["tidings", "migrate-imports"]] * 2
+    sample, expected = _SAMPLE, _EXPECTED
     (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "consumers.py").write_text(_SAMPLE)
+    (tmp_path / "app" / "consumers.py").write_text(sample)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "lib.py").write_text(sample)
     (tmp_path / "notes.txt").write_text("from channels.layers import x\n")
-    subprocess.run(["bash", "-e", "-c", block.text], cwd=tmp_path, check=True, timeout=30)
-    assert (tmp_path / "app" / "consumers.py").read_text() == _EXPECTED
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    outputs = []
+    for words in commands:
+        completed = subprocess.run(
+            [sys.executable, "-m", "tidings", *words[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        outputs.append(completed.stdout)
+    assert "+from tidings.generic.websocket import AsyncWebsocketConsumer" in outputs[0]
+    assert (tmp_path / "app" / "consumers.py").read_text() == expected
+    assert (tmp_path / ".venv" / "lib.py").read_text() == sample
     assert (tmp_path / "notes.txt").read_text() == "from channels.layers import x\n"
 
 

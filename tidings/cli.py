@@ -1,4 +1,5 @@
-"""The ``tidings`` command: ``serve`` (the ASGI server) and ``worker`` (background consumers)."""
+"""The ``tidings`` command: ``serve`` (the ASGI server), ``worker`` (background consumers)
+and ``migrate-imports`` (a Channels project's imports and settings rewritten for Tidings)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ def _make_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    m = sub.add_parser(
+        "migrate-imports",
+        allow_abbrev=False,
+        help="rewrite a Channels project's imports and settings for Tidings",
+        description=(
+            "Rewrite the channels and channels_redis imports, dotted-path settings and "
+            "INSTALLED_APPS entries of a project's own Python files for Tidings. Without "
+            "--write, print the unified diff and change nothing."
+        ),
+    )
+    m.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="project directories or files (default: the current directory)",
+    )
+    m.add_argument("--write", action="store_true", help="rewrite the files in place")
     return parser
 
 
@@ -48,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tidings`` console script; returns the exit status."""
     parser = _make_parser()
     ns = parser.parse_args(argv)
+    if ns.command == "migrate-imports":
+        from tidings.migrate import migrate_main
+
+        return migrate_main(ns.paths, write=ns.write)
     add_app_dir(ns.app_dir)
     if ns.command == "serve":
         return serve_main(ns, parser)

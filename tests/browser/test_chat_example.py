@@ -133,3 +133,65 @@ def test_an_anonymous_notifications_socket_is_refused(
     access = server.output()
     refused = re.findall(r'"WebSocket /ws/notifications/(?:\?tidings=ws)?" (\d{3})', access)
     assert refused[-2:] == ["403", "403"], access
+
+
+def severe_console_entries(driver: WebDriver) -> list[str]:
+    """Console entries at level SEVERE (``console.error``, uncaught exceptions, failed
+    loads, invalid ``pattern`` attributes) logged since the last call."""
+    return [
+        f"{entry.get('source')}: {entry.get('message')}"
+        for entry in driver.get_log("browser")
+        if entry.get("level") == "SEVERE"
+    ]
+
+
+def test_the_example_pages_log_no_console_error(
+    browser_factory: BrowserFactory, server: Server
+) -> None:
+    """The login, room and home pages load, connect and validate without a console error.
+
+    Chromium reports an invalid ``pattern`` attribute (compiled with the ``v`` flag)
+    as a SEVERE console entry when the field is validated, and then skips the check.
+    """
+    driver = browser_factory()
+    driver.get(f"{server.url}/accounts/login/")
+    assert severe_console_entries(driver) == [], "login page"
+    log_in_to_room(driver, server, "carol", "console-" + secrets.token_hex(3))
+    assert severe_console_entries(driver) == [], "room page"
+    driver.get(f"{server.url}/")
+    wait_js(
+        driver,
+        'return document.getElementById("notifications-status").textContent === "connected"',
+        message="the home page's notifications socket open",
+        describe=DESCRIBE,
+    )
+    driver.find_element(By.NAME, "room").send_keys("kitchen")  # the field validates as typed
+    assert driver.execute_script('return document.querySelector("[name=room]").checkValidity()')
+    assert severe_console_entries(driver) == [], "home page"
+
+
+def test_the_room_name_field_checks_its_pattern(
+    browser_factory: BrowserFactory, server: Server
+) -> None:
+    """The home page's room field refuses names the room URL would not match."""
+    driver = browser_factory()
+    log_in_to_room(driver, server, "carol", "pattern-" + secrets.token_hex(3))
+    driver.get(f"{server.url}/")
+    field = driver.find_element(By.NAME, "room")
+    checks = {}
+    for value in ("lobby", "a-b_C9", "x" * 50, "two words", "caf\u00e9", "x" * 51, "a/b"):
+        field.clear()
+        field.send_keys(value)
+        checks[value] = driver.execute_script(
+            "return !arguments[0].validity.patternMismatch", field
+        )
+    assert checks == {
+        "lobby": True,
+        "a-b_C9": True,
+        "x" * 50: True,
+        "two words": False,
+        "caf\u00e9": False,
+        "x" * 51: False,
+        "a/b": False,
+    }
+    assert severe_console_entries(driver) == []

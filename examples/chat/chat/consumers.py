@@ -1,3 +1,4 @@
+# chat/consumers.py
 """The chat's consumers: two WebSocket endpoints and one background job.
 
 - ``ChatConsumer`` (``/ws/chat/<room>/``): saves each message and broadcasts

@@ -1,3 +1,4 @@
+# chat/models.py
 from django.conf import settings
 from django.db import models
 

@@ -1,3 +1,4 @@
+# chat/notifications.py
 """Push a notification to a user's open pages, from anywhere in the project.
 
 Every page of a logged-in user holds a WebSocket to ``NotificationConsumer``,

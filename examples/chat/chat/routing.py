@@ -1,3 +1,4 @@
+# chat/routing.py
 """WebSocket URLs (the HTTP ones are in urls.py); asgi.py mounts them."""
 
 from django.urls import path, re_path

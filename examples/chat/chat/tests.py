@@ -1,3 +1,4 @@
+# chat/tests.py
 """Tests of the chat, without a server: ``python manage.py test chat``.
 
 ``WebsocketCommunicator`` plays the browser against the whole ASGI

@@ -1,3 +1,4 @@
+# chat/urls.py
 from django.urls import path, re_path
 
 from . import views

@@ -1,3 +1,4 @@
+# chat/views.py
 import re
 
 from django.contrib.auth import get_user_model

@@ -1,3 +1,4 @@
+# chat/worker.py
 """Run the background worker inside the server when there is no Redis.
 
 ``manage.py runworker chat-summaries`` is a process of its own: it only gets

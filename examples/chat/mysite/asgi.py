@@ -1,3 +1,4 @@
+# mysite/asgi.py
 """The ASGI application: HTTP to Django, WebSockets to the chat's consumers.
 
 Served by ``python manage.py runserver`` (with ``"tidings"`` installed) or

@@ -1,17 +1,9 @@
-"""Settings of the chat example: a plain Django project plus Tidings.
+# mysite/settings.py
+"""Settings of the chat: Django's startproject defaults, trimmed, plus Tidings.
 
-What Tidings adds to a new project's settings: ``"tidings"`` in
-``INSTALLED_APPS``, ``ASGI_APPLICATION`` and ``CHANNEL_LAYERS``. Everything
-else is Django's ``startproject`` default, trimmed.
-
-Environment variables:
-
-- ``TIDINGS_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/0``): use the Redis
-  channel layer, so that several server processes, ``manage.py runworker``
-  and ``manage.py notify`` share messages. Unset: the in-memory layer, which
-  only reaches consumers in the same process.
-- ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG`` (``0`` turns DEBUG off) and
-  ``DJANGO_ALLOWED_HOSTS`` (comma-separated) for anything beyond a local try.
+For anything beyond a local try, set the environment variables DJANGO_SECRET_KEY,
+DJANGO_DEBUG=0 and DJANGO_ALLOWED_HOSTS (comma-separated); TIDINGS_REDIS_URL (e.g.
+redis://127.0.0.1:6379/0) switches the channel layer to Redis.
 """
 
 import os
@@ -19,16 +11,17 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Development defaults; set the environment variables for anything else.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-tidings-chat-example")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") != "0"
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if h]
 
 INSTALLED_APPS = [
     "tidings",  # first: its runserver serves HTTP and WebSocket
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "chat",
 ]
@@ -39,6 +32,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -53,6 +47,7 @@ TEMPLATES = [
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ],
         },
     },

@@ -1,6 +1,9 @@
+# mysite/urls.py
+from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),  # login/ and logout/
     path("", include("chat.urls")),
 ]

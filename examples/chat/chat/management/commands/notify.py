@@ -1,3 +1,4 @@
+# chat/management/commands/notify.py
 """``python manage.py notify USERNAME TEXT``: push a notification to a user's pages."""
 
 from django.contrib.auth import get_user_model
