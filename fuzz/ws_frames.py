@@ -10,7 +10,8 @@ from the input. Checked for every input:
 * a terminal event (close/failure) is always last, and the state matches it;
 * the output is a sequence of well-formed unmasked server frames, and any close frame
   we sent carries a code that may be sent;
-* no message exceeds ``max_message_size``.
+* no message exceeds ``max_message_size`` (the fragment cap, ``max_fragments``, is
+  small in the same inputs, so the chunking checks also cover messages it ends).
 
 Inputs are read in two modes chosen by the first byte: raw client bytes, or a list of
 frame specs that the harness masks (and optionally deflates) like a real client, which
@@ -153,6 +154,8 @@ def TestOneInput(data: bytes) -> None:
     use_deflate = bool(mode & 0x01)
     limit_byte = reader.byte()
     limit = (1 << 20) if mode & 0x02 else 64 + limit_byte * 8
+    # A small fragment cap too, so that messages of a few frames reach it (1009).
+    fragments = 4096 if mode & 0x02 else 2 + limit_byte % 6
     raw = bool(mode & 0x04)
     wire = reader.take(reader.left()) if raw else _structured_wire(reader, use_deflate)
     eof = bool(mode & 0x08)
@@ -160,7 +163,7 @@ def TestOneInput(data: bytes) -> None:
 
     def connection() -> WebSocketConnection:
         deflate = PerMessageDeflate() if use_deflate else None
-        return WebSocketConnection(max_message_size=limit, deflate=deflate)
+        return WebSocketConnection(max_message_size=limit, max_fragments=fragments, deflate=deflate)
 
     whole = connection()
     if wire:
