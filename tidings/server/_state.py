@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -27,10 +28,47 @@ from tidings.server.config import Config
 if TYPE_CHECKING:
     from tidings.server.proxy import ProxyTrust
 
-__all__ = ["Connection", "ServerState"]
+__all__ = ["Connection", "ServerState", "fmt_client", "loggable"]
 
 error_log = logging.getLogger("tidings.error")
 access_log = logging.getLogger("tidings.access")
+
+# What must not reach a log line raw (nginx escapes the same way, as \xHH): C0 controls
+# (CR and LF forge lines, ESC drives terminals), DEL, C1 controls (NEL, CSI), the Unicode
+# line and paragraph separators, the quote and backslash (they delimit and escape
+# fields), and the surrogates that stand for undecodable bytes of a path (a UTF-8
+# handler would fail on them).
+_UNSAFE_LOG_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f"\\\u2028\u2029\udc80-\udcff]')
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code >= 0xDC80:
+        return f"\\x{code - 0xDC00:02x}"  # the byte surrogateescape stood for
+    if code > 0xFF:
+        return f"\\u{code:04x}"
+    return f"\\x{code:02x}"
+
+
+def loggable(text: str) -> str:
+    """``text`` from a request, safe to put in a log line: one line, no terminal codes.
+
+    Everything that came from the client (method, path, query, header values,
+    forwarded addresses) passes through here where it enters a log message.
+    """
+    if _UNSAFE_LOG_CHARS.search(text) is None:
+        return text
+    return _UNSAFE_LOG_CHARS.sub(_escape_char, text)
+
+
+def fmt_client(client: tuple[str, int] | None) -> str:
+    """``host:port`` of a scope's client for a log line (``-`` when unknown).
+
+    The host may come from ``X-Forwarded-For``, so it is escaped like request data.
+    """
+    if client is None:
+        return "-"
+    return f"{loggable(client[0])}:{client[1]}"
 
 
 class Connection(Protocol):
@@ -64,9 +102,14 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.lifespan_state: dict[str, Any] = {}
         self.closing = False
+        # Set when graceful shutdown starts; HTTP scopes carry it as the
+        # ``tidings.shutdown`` extension so that long responses (event streams,
+        # held polls) can end at once instead of holding the shutdown.
+        self.shutting_down = asyncio.Event()
+        self.shutdown_extension: dict[object, object] = {"event": self.shutting_down}
         self.access_log = config.access_log
         self.date_header = b""
-        self.busy_logged_at = -1.0  # last "--max-connections reached" log line
+        self.busy_logged_at = -1.0  # last "connection refused" log line
         # App tasks whose connection is gone: task -> (deadline, what, path), for the sweep.
         self.orphans: dict[asyncio.Task[None], tuple[float, str, str]] = {}
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
@@ -113,8 +156,8 @@ class ServerState:
                 error_log.warning(
                     "application for %s %s still running %.1f s after its connection closed; "
                     "cancelled (--application-close-timeout)",
-                    what,
-                    path,
+                    loggable(what),
+                    loggable(path),
                     self.config.timeouts.application_close,
                 )
                 task.cancel()

@@ -17,6 +17,9 @@ Invariants:
 - A malformed request gets one status line (400, 413, 414, 431, 501, 505),
   ``Connection: close``, one log line and no traceback; requests already
   queued before it are answered first.
+- Nothing the app sends is written unchecked: response and trailer fields pass
+  ``tidings.wire.headers.check_fields`` when they are sent (a bad one raises in the
+  app's ``send``: a 500), and request data is escaped (``loggable``) before it is logged.
 - Timeouts are not timers per request: the server's once-a-second sweep calls
   ``check_timeouts``, which keeps the hot path free of ``call_later``.
 - Every cycle whose app task runs is in ``_running`` until the task ends, also
@@ -43,18 +46,30 @@ import httptools
 
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import ServerState, access_log, error_log
+from tidings.server._state import ServerState, access_log, error_log, fmt_client, loggable
+from tidings.wire.headers import InvalidField, check_fields
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ClientDisconnected", "HttpProtocol", "RequestCycle", "simple_response"]
+__all__ = [
+    "SHUTDOWN_EXTENSION",
+    "ClientDisconnected",
+    "HttpProtocol",
+    "RequestCycle",
+    "simple_response",
+]
 
 _ASGI_VERSIONS: Final = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS: Final[dict[str, dict[object, object]]] = {
     "http.response.trailers": {},
     "http.response.pathsend": {},
 }
+#: The extension that announces graceful shutdown: ``{"event": asyncio.Event}``, set
+#: when it starts. A response that streams until the client leaves (SSE, a held long
+#: poll) should then send its last data and complete; the server waits for it only
+#: up to --graceful-timeout.
+SHUTDOWN_EXTENSION: Final = "tidings.shutdown"
 
 _STATUS_LINES: dict[int, bytes] = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in http.HTTPStatus
@@ -130,6 +145,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
         self.scheme = "https" if config.is_ssl else "http"
+        self._extensions = {**_EXTENSIONS, SHUTDOWN_EXTENSION: state.shutdown_extension}
         # Request being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -171,17 +187,22 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         state = self.state
         state.connections.add(self)
         if len(state.connections) > self.limits.max_connections or state.closing:
-            # Over the limit: answer 503 and close rather than hold the socket
-            # unanswered (the client sees why; a load balancer can retry).
+            # Over the limit, or accepted while shutting down: answer 503 and close
+            # rather than hold the socket unanswered (the client sees why; a load
+            # balancer can retry elsewhere).
             now = time.monotonic()
             if now - state.busy_logged_at >= 1.0:  # one line a second under a flood
                 state.busy_logged_at = now
-                error_log.warning(
-                    "connection refused: %d open connections is the limit (--max-connections)",
-                    self.limits.max_connections,
-                )
+                if state.closing:
+                    error_log.info("connection refused: the server is shutting down")
+                else:
+                    error_log.warning(
+                        "connection refused: %d open connections is the limit (--max-connections)",
+                        self.limits.max_connections,
+                    )
             self._closing = True
-            transport.write(simple_response(503, "Server busy, try again later"))
+            why = "Server shutting down" if state.closing else "Server busy, try again later"
+            transport.write(simple_response(503, why))
             transport.close()
             return
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
@@ -382,7 +403,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             "client": client,
             "server": self.server,
             "state": self.state.lifespan_state.copy(),
-            "extensions": _EXTENSIONS,
+            "extensions": self._extensions,
         }
         if (
             self._upgrade is not None
@@ -508,7 +529,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         error_log.log(
             logger_level,
             "%s - bad request: %d %s",
-            _fmt_client(self.client),
+            fmt_client(self.client),
             err.status,
             err.reason,
         )
@@ -586,7 +607,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if now - self._header_start > t.header:
                 error_log.info(
                     "%s - request headers not received within %.0f s (--header-timeout)",
-                    _fmt_client(self.client),
+                    fmt_client(self.client),
                     t.header,
                 )
                 self._timeout()
@@ -608,7 +629,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if stalled or now > cycle.body_deadline:
                 error_log.info(
                     "%s - request body %s (--body-timeout %.0f s)",
-                    _fmt_client(self.client),
+                    fmt_client(self.client),
                     "stalled" if stalled else "too slow",
                     t.body,
                 )
@@ -648,6 +669,7 @@ class RequestCycle:
         "body_size",
         "buffered",
         "chunked",
+        "declared_length",
         "discard_body",
         "disconnected",
         "expect_continue",
@@ -699,7 +721,8 @@ class RequestCycle:
         self.response_complete = False
         self.head_written = False
         self.status = 0
-        self.response_headers: Any = ()
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.declared_length = -1
         self.trailers = False
         self.chunked = False
         self.no_body = False
@@ -825,9 +848,17 @@ class RequestCycle:
             status = message["status"]
             if not isinstance(status, int) or not 200 <= status <= 599:
                 raise RuntimeError(f"invalid HTTP status {status!r} in http.response.start")
+            headers = message.get("headers", ())
+            if type(headers) is not list:
+                headers = list(headers)
+            try:
+                # Before anything is written: a bad header is a 500, never on the wire.
+                self.declared_length = check_fields(headers)
+            except InvalidField as exc:
+                raise RuntimeError(f"http.response.start: {exc}") from None
             self.response_started = True
             self.status = status
-            self.response_headers = message.get("headers", ())
+            self.response_headers = headers
             self.trailers = bool(message.get("trailers", False))
             return
         if self.response_complete and not self.trailers:
@@ -853,9 +884,13 @@ class RequestCycle:
             if not self.trailers or not self.response_complete or not self.head_written:
                 raise RuntimeError("http.response.trailers sent out of order or not announced")
             more_trailers = message.get("more_trailers", False)
+            fields = list(message.get("headers", ()))
+            try:
+                check_fields(fields)
+            except InvalidField as exc:
+                raise RuntimeError(f"http.response.trailers: {exc}") from None
             if self.chunked and not self.is_head and not self.no_body:
-                lines = [b"%s: %s\r\n" % (n, v) for n, v in message.get("headers", ())]
-                _check_header_block(lines)
+                lines = [b"%s: %s\r\n" % (n, v) for n, v in fields]
                 if not more_trailers:
                     lines.append(b"\r\n")
                 self.transport.write(b"".join(lines))
@@ -940,15 +975,15 @@ class RequestCycle:
             _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
             protocol.state.date_header,
         ]
-        content_length = -1
+        content_length = self.declared_length  # checked by check_fields at the start
+        length_seen = False
         app_chunked = False
         for name, value in self.response_headers:
             lname = name.lower()
             if lname == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise RuntimeError(f"invalid Content-Length {value!r}") from None
+                if length_seen:
+                    continue  # a repeated identical value: send it once
+                length_seen = True
             elif lname == b"transfer-encoding":
                 app_chunked = True
                 continue  # framing is ours to choose
@@ -957,7 +992,6 @@ class RequestCycle:
                     self.keep_alive = False
                 continue
             lines += (name, b": ", value, b"\r\n")
-        _check_header_block(lines[2:], 4)
         http10 = scope["http_version"] == "1.0"
         if status < 200 or status == 204 or status == 304:
             self.no_body = True
@@ -1038,10 +1072,10 @@ class RequestCycle:
             qs = scope["query_string"]
             access_log.info(
                 '%s - "%s %s%s HTTP/%s" %d %d',
-                _fmt_client(scope["client"]),
-                scope["method"],
-                scope["path"],
-                ("?" + qs.decode("latin-1")) if qs else "",
+                fmt_client(scope["client"]),
+                loggable(scope["method"]),
+                loggable(scope["path"]),
+                ("?" + loggable(qs.decode("latin-1"))) if qs else "",
                 scope["http_version"],
                 self.status,
                 self.sent,
@@ -1049,23 +1083,6 @@ class RequestCycle:
         protocol.cycle_done(self)
 
 
-def _check_header_block(parts: list[bytes], stride: int = 1) -> None:
-    """Refuse response headers that would inject lines (CR, LF or NUL in a name or value).
-
-    Counting in C over the joined block is far cheaper than a regex per header.
-    """
-    block = b"".join(parts)
-    lines = len(parts) // stride
-    if block.count(b"\n") != lines or block.count(b"\r") != lines or b"\0" in block:
-        raise RuntimeError("response header name or value contains CR, LF or NUL")
-
-
 def _parser_reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return text[:200]
-
-
-def _fmt_client(client: tuple[str, int] | None) -> str:
-    if client is None:
-        return "-"
-    return f"{client[0]}:{client[1]}"

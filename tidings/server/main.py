@@ -209,6 +209,7 @@ class Server:
 
     async def _shutdown(self, state: ServerState) -> None:
         state.closing = True
+        state.shutting_down.set()  # streaming responses learn of it now (tidings.shutdown)
         for server in self._servers:
             server.close()
         for conn in list(state.connections):

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import ServerState, access_log, error_log
+from tidings.server._state import ServerState, access_log, error_log, fmt_client, loggable
 from tidings.server.http11 import ClientDisconnected, simple_response
 from tidings.wire import (
     BytesMessage,
@@ -85,6 +85,7 @@ from tidings.wire import (
     negotiate_deflate,
     parse_request,
 )
+from tidings.wire.headers import InvalidField, check_fields
 
 if TYPE_CHECKING:
     from tidings.server.http11 import HttpProtocol
@@ -135,10 +136,6 @@ def install(state: ServerState) -> None:
         protocol.start(scope["method"], trailing)
 
     state.websocket_upgrade = upgrade
-
-
-def _fmt_client(client: tuple[str, int] | None) -> str:
-    return "-" if client is None else f"{client[0]}:{client[1]}"
 
 
 def _disconnect(code: int, reason: str = "") -> Message:
@@ -284,7 +281,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             # The client's mistake: one line, no traceback, and the app never runs.
             error_log.info(
                 "%s - WebSocket handshake refused: %d %s",
-                _fmt_client(self._client),
+                fmt_client(self._client),
                 exc.status,
                 exc.reason,
             )
@@ -495,6 +492,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
         negotiated = negotiate_deflate(request.extensions, self._deflate)
         try:
+            check_fields(headers)
             response = build_accept_response(
                 request,
                 subprotocol=message.get("subprotocol"),
@@ -532,10 +530,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         if not isinstance(status, int) or not 200 <= status <= 599:
             raise RuntimeError(f"invalid status {status!r} in websocket.http.response.start")
         headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
-        for name, value in headers:
-            field = name + value
-            if b"\r" in field or b"\n" in field or b"\0" in field:
-                raise RuntimeError("response header name or value contains CR, LF or NUL")
+        try:
+            check_fields(headers)
+        except InvalidField as exc:
+            raise RuntimeError(f"websocket.http.response.start: {exc}") from None
         self._denial = _Denial(status, headers)
 
     def _denial_body(self, message: Message) -> None:
@@ -551,7 +549,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 lname = name.lower()
                 if lname in (b"connection", b"transfer-encoding"):
                     continue  # the framing is ours: one response, then close
-                has_length = has_length or lname == b"content-length"
+                if lname == b"content-length":
+                    if has_length:
+                        continue  # a repeated identical value (check_fields): send it once
+                    has_length = True
                 lines.append(name + b": " + value + b"\r\n")
             if not has_length:
                 if more:
@@ -595,9 +596,9 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             qs = scope["query_string"]
             access_log.info(
                 '%s - "WebSocket %s%s" %d',
-                _fmt_client(self._client),
-                scope["path"],
-                ("?" + qs.decode("latin-1")) if qs else "",
+                fmt_client(self._client),
+                loggable(scope["path"]),
+                ("?" + loggable(qs.decode("latin-1"))) if qs else "",
                 status,
             )
 
@@ -640,7 +641,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             elif type(event) is ConnectionFailed:
                 error_log.info(
                     "%s - WebSocket protocol error: %s (close code %d)",
-                    _fmt_client(self._client),
+                    fmt_client(self._client),
                     event.reason,
                     event.code,
                 )
@@ -759,7 +760,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         error_log.warning(
             "%s - WebSocket client not reading: %d bytes queued (--ws-max-send-buffer %d); "
             "closing with 1008",
-            _fmt_client(self._client),
+            fmt_client(self._client),
             self.transport.get_write_buffer_size(),
             self._max_send_buffer,
         )
@@ -831,7 +832,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 error_log.warning(
                     "%s - WebSocket app did not accept or deny within %.0f s "
                     "(--ws-handshake-timeout): 503",
-                    _fmt_client(self._client),
+                    fmt_client(self._client),
                     settings.handshake_timeout,
                 )
                 self._respond(simple_response(503, "WebSocket handshake timed out"), 503)
@@ -856,7 +857,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             elif timeout is not None and now - self._ping_sent > timeout:
                 error_log.info(
                     "%s - WebSocket keepalive ping not answered within %.0f s; closing with 1011",
-                    _fmt_client(self._client),
+                    fmt_client(self._client),
                     timeout,
                 )
                 # The peer looks dead: send the close frame and close TCP without

@@ -8,6 +8,9 @@ server's transports drive it. WebSocket pieces:
 * ``frames``: opcodes, close codes, the client-frame parser, server-frame encoders;
 * ``websocket``: ``WebSocketConnection``, the per-connection state machine.
 
+HTTP pieces: ``headers`` checks the header fields an application sends
+(``check_fields``; ``InvalidField``, a ``ValueError``, says what was wrong).
+
 Error tree (all importable from here)::
 
     WebSocketError
@@ -44,6 +47,7 @@ from tidings.wire.handshake import (
     parse_extensions,
     parse_request,
 )
+from tidings.wire.headers import InvalidField, check_fields
 from tidings.wire.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BytesMessage,
@@ -74,6 +78,7 @@ __all__ = [
     "FrameParser",
     "HandshakeError",
     "HandshakeRequest",
+    "InvalidField",
     "Opcode",
     "PerMessageDeflate",
     "PingReceived",
@@ -86,6 +91,7 @@ __all__ = [
     "apply_mask",
     "build_accept_response",
     "build_error_response",
+    "check_fields",
     "encode_bytes",
     "encode_frame",
     "encode_message",
