@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from tidings.wire.frames import WebSocketError
+from tidings.wire.headers import check_fields
 
 __all__ = [
     "WEBSOCKET_GUID",
@@ -52,7 +53,6 @@ _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _PARAM_RE = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_TOKEN}|{_QUOTED}))?[ \t]*")
 _NAME_RE = re.compile(rf"({_TOKEN})[ \t]*")
 _UNESCAPE_RE = re.compile(r"\\(.)")
-_UNSAFE_VALUE_RE = re.compile(rb"[\r\n\x00]")
 
 
 class HandshakeError(WebSocketError):
@@ -265,10 +265,8 @@ _RESERVED_HEADERS = frozenset(
 
 
 def _check_header(name: bytes, value: bytes) -> None:
-    if _TOKEN_RE.fullmatch(name.decode("latin-1")) is None:
-        raise ValueError(f"invalid header name {name!r}")
-    if _UNSAFE_VALUE_RE.search(value) is not None:
-        raise ValueError(f"header {name!r} value contains CR, LF or NUL")
+    # The same rules as every response header (InvalidField is a ValueError).
+    check_fields(((name, value),))
 
 
 def build_accept_response(
