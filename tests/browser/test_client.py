@@ -422,6 +422,21 @@ def test_forged_session_id_loses_continuity(proxy: CuttingProxy, alice: WebDrive
 # --- acknowledgements of client messages ----------------------------------------------------------
 
 
+def test_a_busy_consumer_makes_posts_wait_not_fail(server: ServerProcess, alice: WebDriver) -> None:
+    # The consumer sleeps while the page posts 4 MiB: its inbox (1 MiB) fills, POSTs
+    # get 429 with Retry-After, and the client sends them again later, in order.
+    open_harness(alice, server.url, f"/ws/stream/?tag={uuid.uuid4().hex}", {"transports": ["sse"]})
+    alice.execute_script(
+        "window.conn.sendJSON({cmd: 'sleep', s: 1.5});"
+        "const pad = 'x'.repeat(100000);"
+        "for (let i = 1; i <= 40; i++) window.conn.sendJSON({cmd: 'note', i, pad});"
+    )
+    wait_js(alice, "return window.conn.pending === 0", timeout=20, describe=SUMMARY)
+    summary = alice.execute_script(SUMMARY)
+    assert (summary["transport"], summary["stats"]["reconnects"]) == ("sse", 0)
+    assert report(alice)["notes"] == list(range(1, 41))
+
+
 def test_outbox_drains_on_a_long_lived_websocket(server: ServerProcess, alice: WebDriver) -> None:
     tag = uuid.uuid4().hex
     open_harness(alice, server.url, f"/ws/stream/?tag={tag}", {"transports": ["websocket"]})

@@ -4,6 +4,11 @@ Only what the tests need: open an SSE stream and read envelopes, poll, POST,
 open a session WebSocket. Every wait has a timeout so a broken server fails a
 test instead of hanging it. Reading the next envelope skips ``{"cack": n}``
 envelopes (they come whenever a timer says so) unless ``cacks=True``.
+
+Cookies: anonymous sessions are bound to a cookie (the browser key). An
+``httpx`` client keeps its cookies; a session WebSocket shares the cookie jar
+``JAR`` points to (the harness sets it to its HTTP client's), as a browser's
+WebSockets share its cookies.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from tidings.wire.sse import EventStreamParser, ServerSentEvent
 
 TIMEOUT = 5.0
+
+#: The cookies session WebSockets send and keep (``None``: none).
+JAR: httpx.Cookies | None = None
 
 
 @dataclass
@@ -119,10 +127,28 @@ def last_seq(envelopes: list[dict[str, Any]]) -> int:
 
 
 @contextlib.asynccontextmanager
-async def session_ws(url: str, origin: str | None = None) -> AsyncIterator[ClientConnection]:
-    """Open a session WebSocket (``url`` carries ``tidings=ws``)."""
-    headers = {"Origin": origin} if origin else None
+async def session_ws(
+    url: str, origin: str | None = None, *, jar: httpx.Cookies | None = None
+) -> AsyncIterator[ClientConnection]:
+    """Open a session WebSocket (``url`` carries ``tidings=ws``), with ``jar`` or ``JAR``."""
+    jar = JAR if jar is None else jar
+    headers = {"Origin": origin} if origin else {}
+    http_url = "http" + url.removeprefix("ws")
+    if jar is not None:
+        request = httpx.Request("GET", http_url)
+        jar.set_cookie_header(request)
+        if "cookie" in request.headers:
+            headers["Cookie"] = request.headers["cookie"]
     async with connect(url, additional_headers=headers, open_timeout=TIMEOUT) as ws:
+        if jar is not None and ws.response is not None:
+            set_cookies = ws.response.headers.get_all("set-cookie")
+            if set_cookies:
+                response = httpx.Response(
+                    101,
+                    headers=[("set-cookie", value) for value in set_cookies],
+                    request=httpx.Request("GET", http_url),
+                )
+                jar.extract_cookies(response)
         yield ws
 
 

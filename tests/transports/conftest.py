@@ -14,8 +14,11 @@ import pytest
 from tests.server._helpers import Running, serve
 from tidings.transports import TransportRouter
 
-from . import apps
+from . import _client, apps
 from ._client import Endpoint
+
+#: What tidings.js sends on every HTTP request (see ``request.CLIENT_HEADER``).
+CLIENT_HEADERS = {"X-Tidings": "1"}
 
 
 @dataclass
@@ -53,10 +56,15 @@ async def harness(**settings: Any) -> AsyncIterator[Harness]:
     """Serve ``apps.make_router(**settings)`` on a free port; close every session after."""
     apps.EVENTS.clear()
     router = apps.make_router(**settings)
-    async with serve(router) as running, httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(router) as running,
+        httpx.AsyncClient(timeout=10, headers=CLIENT_HEADERS) as client,
+    ):
+        _client.JAR = client.cookies
         try:
             yield Harness(router, running, client, Endpoint(running.port))
         finally:
+            _client.JAR = None
             await router.aclose()
 
 

@@ -14,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.server._helpers import open_conn, read_response
 from tidings.transports import TransportRouter, TransportSettings
+from tidings.transports.manager import make_sid
 
 from . import apps
 from ._client import msg, poll, send_items, session_ws, sse, texts, ws_next
@@ -40,6 +41,9 @@ def test_defaults_are_the_documented_ones() -> None:
         max_sessions_per_user=100,
         max_sessions=10_000,
         remote_timeout=5.0,
+        client_open_rate=10.0,
+        client_open_burst=100,
+        claim_window=10.0,
         channel_layer_alias="default",
     )
 
@@ -62,6 +66,12 @@ def test_defaults_are_the_documented_ones() -> None:
         ("max_sessions", 10.0, TypeError),
         ("max_sessions", "10000", TypeError),
         ("channel_layer_alias", "", TypeError),
+        ("client_open_rate", 0, ValueError),
+        ("client_open_rate", "10", TypeError),
+        ("client_open_burst", 0, ValueError),
+        ("client_open_burst", 1.5, TypeError),
+        ("claim_window", 0, ValueError),
+        ("claim_window", None, TypeError),
     ],
 )
 def test_bad_settings_fail_at_construction_naming_the_argument(
@@ -143,7 +153,11 @@ async def test_post_size_limit() -> None:
         # Chunked, no Content-Length: refused once the body passes the limit.
         reader, writer = await open_conn(h.running.port)
         target = send.removeprefix(h.origin)
-        head = f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {h.origin}\r\n"
+        cookie = "; ".join(f"{k}={v}" for k, v in h.client.cookies.items())
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {h.origin}\r\n"
+            f"Cookie: {cookie}\r\n"
+        )
         writer.write(head.encode() + b"Transfer-Encoding: chunked\r\n\r\n")
         for start in range(0, len(big), 30):
             piece = big[start : start + 30]
@@ -192,7 +206,7 @@ async def test_unknown_session_gets_404(h: Harness, sid: str, status: int) -> No
 
 async def test_session_of_a_process_that_does_not_answer() -> None:
     async with harness(remote_timeout=0.2) as h:
-        sid = "A" * 32 + ".tidings-sessions.abc!def"  # well formed, nobody reads that port
+        sid = make_sid("A" * 32, "tidings-sessions.abc!def")  # signed, nobody reads that port
         send = h.url(ROOM, tidings="send", sid=sid)
         response = await send_items(h.client, send, [msg(1, "x")], h.origin)
         assert response.status_code == 503

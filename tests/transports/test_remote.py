@@ -30,6 +30,7 @@ async def two(**settings: float) -> AsyncIterator[tuple[Harness, Harness]]:
         events = list(apps.EVENTS)
         async with harness(**settings) as b:
             apps.EVENTS[:0] = events  # harness() clears the shared record
+            b.client.cookies.jar = a.client.cookies.jar  # one browser, two processes
             yield a, b
 
 

@@ -118,7 +118,8 @@ def servers(
 async def fresh_connections() -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client that opens a new TCP connection for every request."""
     limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+    headers = {"X-Tidings": "1"}  # as tidings.js
+    async with httpx.AsyncClient(timeout=10, limits=limits, headers=headers) as client:
         yield client
 
 
@@ -184,14 +185,14 @@ async def test_two_servers_share_sessions_through_redis(redis_url: str, tmp_path
         async with fresh_connections() as client:
             got: list[dict[str, Any]] = []
             # Opened over WebSocket on A, cut while the consumer sends.
-            async with session_ws(a.ws_url(ROOM, tidings="ws"), a.origin) as ws:
+            async with session_ws(a.ws_url(ROOM, tidings="ws"), a.origin, jar=client.cookies) as ws:
                 sid = (await ws_next(ws))["sid"]
                 await ws.send(json.dumps(msg(1, "count 300 0.01")))
                 got += [await ws_next(ws) for _ in range(20)]
                 ws.transport.abort()
             # Resumed over WebSocket on B: A's consumer goes on, B relays.
             url = b.ws_url(ROOM, tidings="ws", sid=sid, last=last_seq(got))
-            async with session_ws(url, b.origin) as ws:
+            async with session_ws(url, b.origin, jar=client.cookies) as ws:
                 opened = await ws_next(ws)
                 assert opened["resumed"] is True and opened["cack"] == 1
                 got += [await ws_next(ws) for _ in range(30)]

@@ -7,8 +7,10 @@ wire protocol version 1 (which ``tidings/static/tidings/tidings.js`` speaks).
 Modules:
 
 * ``router``: :class:`TransportRouter`, :func:`fallback`; session requests
-  through the ``"websocket"`` middleware stack; ``request``: parsing them;
-* ``manager``: the sessions of one process, session ids, users, limits;
+  through the ``"websocket"`` middleware stack; ``request``: parsing them, the
+  browser key cookie of anonymous sessions;
+* ``manager``: the sessions of one process, signed session ids, owners, limits;
+  ``limiter``: how fast one client address may open sessions;
 * ``session``: one session: consumer instance, resume buffer, attachment;
 * ``inbox``: a session's client messages and their acknowledgement (``cack``);
 * ``remote``: sessions of other processes, through the channel layer;

@@ -14,6 +14,9 @@ from typing import Final
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "DEFAULT_BUFFER_MESSAGES",
+    "DEFAULT_CLAIM_WINDOW",
+    "DEFAULT_CLIENT_OPEN_BURST",
+    "DEFAULT_CLIENT_OPEN_RATE",
     "DEFAULT_MAX_POST_SIZE",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_MAX_SESSIONS_PER_USER",
@@ -56,6 +59,22 @@ DEFAULT_MAX_SESSIONS: Final = 10_000
 #: the channel layer (a Redis round trip takes about a millisecond).
 DEFAULT_REMOTE_TIMEOUT: Final = 5.0
 
+#: New sessions one client address (an IPv6 /64) may open per second, on
+#: average, in one process. A page opens one per load and resumes it
+#: afterwards (a resume is never counted); an office behind one NAT address
+#: reloading after a restart gets there within seconds. One client looping
+#: on new sessions could otherwise fill ``max_sessions`` alone (issue 13).
+DEFAULT_CLIENT_OPEN_RATE: Final = 10.0
+#: New sessions one client address may open at once before the rate applies
+#: (many tabs restored together).
+DEFAULT_CLIENT_OPEN_BURST: Final = 100
+#: Seconds a new session waits for its client to come back when the client
+#: never did (no second request after the one that opened it): tidings.js
+#: polls again at once, so a session nobody claims within this is abandoned
+#: (or was opened only to take a place); ``resume_window`` applies from the
+#: first return on.
+DEFAULT_CLAIM_WINDOW: Final = 10.0
+
 # Upper bounds that catch unit mistakes (milliseconds given as seconds).
 _MAX_SECONDS: Final = 24 * 3600.0
 
@@ -78,6 +97,9 @@ class TransportSettings:
     max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
     max_sessions: int = DEFAULT_MAX_SESSIONS
     remote_timeout: float = DEFAULT_REMOTE_TIMEOUT
+    client_open_rate: float = DEFAULT_CLIENT_OPEN_RATE
+    client_open_burst: int = DEFAULT_CLIENT_OPEN_BURST
+    claim_window: float = DEFAULT_CLAIM_WINDOW
     channel_layer_alias: str = "default"
 
     def __post_init__(self) -> None:
@@ -91,6 +113,17 @@ class TransportSettings:
                     )
             elif field.type == "int":
                 _check_int(field.name, value)
+            elif field.name == "client_open_rate":
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError(
+                        f"TransportRouter(client_open_rate=...) must be a number of sessions "
+                        f"per second, not {value!r}"
+                    )
+                if not 0 < value <= 1e6:
+                    raise ValueError(
+                        f"TransportRouter(client_open_rate=...) must be more than 0 and at "
+                        f"most 1e6 per second, not {value!r}"
+                    )
             else:
                 _check_seconds(field.name, value)
 

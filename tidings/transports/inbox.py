@@ -5,9 +5,15 @@ Theory of operation
 An :class:`Inbox` belongs to one session. :meth:`Inbox.push` takes client
 messages in ``cseq`` order: one at or below ``cack`` is a duplicate and is
 dropped, one past ``cack + 1`` (a gap) stops the batch (the client resends
-from ``cack + 1``). At most ``INBOX_LIMIT`` messages wait for the consumer;
-pushing then waits for room, which is the back-pressure (a POST is answered
-later, a WebSocket is read later). :meth:`Inbox.get` is the consumer's
+from ``cack + 1``). At most ``INBOX_LIMIT`` messages and ``INBOX_BYTES``
+bytes wait for the consumer (one message of any size when none waits, so
+that a message the transport let through always gets in). Then a WebSocket
+push waits for room, which is the back-pressure (the socket is read later;
+it holds one frame meanwhile). A POST push (``wait=False``) never waits: it
+takes what fits and stops there (the client resends the rest from ``cack +
+1``), or raises :class:`InboxFull` when nothing new fits, which the POST
+answers with 429 at once. So no request body is held while the consumer is
+slow, and what one session keeps for its consumer is bounded. :meth:`Inbox.get` is the consumer's
 ``receive()``: the messages in order, then, once :meth:`Inbox.close` was
 called, the disconnect message (what was queued before still comes first).
 
@@ -40,11 +46,21 @@ from typing import Final
 from tidings._types import Message
 from tidings.transports.protocol import ClientMessage, cack_envelope
 
-__all__ = ["CACK_DELAY", "CACK_EVERY", "INBOX_LIMIT", "Inbox"]
+__all__ = ["CACK_DELAY", "CACK_EVERY", "INBOX_BYTES", "INBOX_LIMIT", "Inbox", "InboxFull"]
 
 #: Client messages waiting for the consumer before pushing waits (the WebSocket
 #: server's default ``--ws-max-queue`` is 32 too).
 INBOX_LIMIT: Final = 32
+#: Bytes of client messages (text or decoded bytes) waiting for the consumer:
+#: the default ``max_post_size`` and WebSocket message size (issue 13: POSTs
+#: that waited for a slow consumer held 1.1 GiB).
+INBOX_BYTES: Final = 1024 * 1024
+
+
+class InboxFull(Exception):
+    """A push that must not wait found no room for its next new message."""
+
+
 #: Seconds from the first untold acknowledgement to its ``{"cack": n}``: the
 #: client's default ``ackDelay`` (200 ms) the other way round; a client's outbox
 #: is no bigger than what it sends in this time.
@@ -66,7 +82,8 @@ class Inbox:
         self.told = 0
         self.due = False
         self._on_due = on_due
-        self._messages: deque[Message] = deque()
+        self._messages: deque[tuple[Message, int]] = deque()
+        self._bytes = 0
         self._end: Message | None = None
         self._receiver: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
@@ -77,14 +94,15 @@ class Inbox:
 
     def put(self, message: Message) -> None:
         """Queue a message of the server's own (``websocket.connect``), without limit."""
-        self._messages.append(message)
+        self._messages.append((message, 0))
         _wake(self._receiver)
 
     async def get(self) -> Message:
         """The next message for the consumer; the disconnect message once closed and empty."""
         while True:
             if self._messages:
-                message = self._messages.popleft()
+                message, size = self._messages.popleft()
+                self._bytes -= size
                 _wake(self._room)
                 return message
             if self._end is not None:
@@ -105,31 +123,57 @@ class Inbox:
 
     # -- the client's side ----------------------------------------------------------------
 
-    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int:
+    def full(self) -> bool:
+        """Whether no client message fits now."""
+        return len(self._messages) >= INBOX_LIMIT or self._bytes >= INBOX_BYTES
+
+    def _fits(self, size: int) -> bool:
+        if not self._messages:
+            return True
+        return len(self._messages) < INBOX_LIMIT and self._bytes + size <= INBOX_BYTES
+
+    async def push(
+        self, messages: list[ClientMessage], *, answered: bool = False, wait: bool = True
+    ) -> int:
         """Take client messages in ``cseq`` order; return ``cack``.
 
         Args:
             messages: the client's messages, as sent.
             answered: the caller tells the client the returned ``cack`` itself
                 (the answer to a POST), so no ``{"cack": n}`` is needed for it.
+            wait: wait for room; else take what fits now and stop there.
+
+        Raises:
+            InboxFull: ``wait`` is false and not one new message fitted.
         """
+        if not wait and self._lock.locked():
+            raise InboxFull()  # a waiting push holds it: there is no room
         async with self._lock:
+            took = refused = False
             for item in messages:
                 if item.cseq <= self.cack:
                     continue
                 if item.cseq != self.cack + 1:
                     break
-                while len(self._messages) >= INBOX_LIMIT and self._end is None:
+                size = item.size
+                while not self._fits(size) and self._end is None:
+                    if not wait:
+                        refused = True
+                        break
                     room = self._room = asyncio.get_running_loop().create_future()
                     await room
-                if self._end is not None:
+                if refused or self._end is not None:
                     break
-                self._messages.append(item.asgi())
+                self._messages.append((item.asgi(), size))
+                self._bytes += size
                 self.cack = item.cseq
+                took = True
                 _wake(self._receiver)
                 self._untold(count=not answered)
             if answered:
                 self.told_up_to(self.cack)
+        if refused and not took:
+            raise InboxFull()
         return self.cack
 
     def told_up_to(self, cack: int) -> None:

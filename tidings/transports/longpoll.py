@@ -18,8 +18,13 @@ buffer.
 passes the limit (413, and the connection closes so the rest is not read).
 The answer is ``{"cack": N}`` (so no ``{"cack": n}`` envelope is due for
 these messages on an attached SSE stream); 404 if the session is unknown (expired,
-another user's, forged), 400 if the body is not protocol v1, 503 if the
-process owning the session did not answer.
+another owner's, forged), 400 if the body is not protocol v1, 503 if the
+process owning the session did not answer. The messages are pushed without
+waiting for the consumer: what does not fit in its inbox is not taken (the
+client resends from ``cack + 1``), and when nothing new fits the answer is
+429 with ``Retry-After`` at once. A session of this process that is surely
+unknown or full is refused before the body is read (and the connection
+closes, so the unread body is not taken for the next request).
 
 ``POST ?tidings=close`` ends the session (the consumer gets 1000) and answers
 204, also for a session that is already gone.
@@ -39,14 +44,19 @@ from tidings.transports._http import (
     until_disconnect,
 )
 from tidings.transports.config import TransportSettings
+from tidings.transports.inbox import InboxFull
 from tidings.transports.manager import Opening, SessionManager
 from tidings.transports.protocol import ProtocolError, parse_post_body
 from tidings.transports.remote import RemoteTimeout
 from tidings.transports.session import Attachment
+from tidings.transports.sse import until_shutdown
 
 __all__ = ["serve_close", "serve_poll", "serve_send"]
 
 _CLOSE = [(b"connection", b"close")]
+#: Seconds a client waits after a 429 to a POST: a consumer takes messages in
+#: far less, and the client's outbox keeps them meanwhile.
+_FULL_RETRY_AFTER = b"1"
 
 
 async def serve_poll(
@@ -73,7 +83,15 @@ async def serve_poll(
             batch.extend(await _next(attachment, hold))
             answered = True
 
-        await race(wait(), until_disconnect(receive))
+        async def shutdown() -> None:
+            # At a server shutdown a session of this process ends and wait() gets
+            # its close envelope; a poll of another process's session is answered
+            # at once (the client polls again, reaching a process that serves).
+            nonlocal answered
+            await until_shutdown(scope, attachment)
+            answered = True
+
+        await race(wait(), until_disconnect(receive), shutdown())
         if not answered:
             return  # the client left while we held the request
         body = "[" + ",".join([opening.envelope("longpoll"), *batch]) + "]"
@@ -103,6 +121,13 @@ async def serve_send(
     send: ASGISend,
 ) -> None:
     """Serve ``POST ?tidings=send``."""
+    link = None if sid is None else manager.find(sid, user)
+    if link is None:
+        await respond(send, 404, b"unknown session\n", headers=_CLOSE)
+        return
+    if link.full():
+        await _busy(send, _CLOSE)
+        return
     limit = settings.max_post_size
     declared = _content_length(scope)
     if declared is not None and declared > limit:
@@ -117,10 +142,14 @@ async def serve_send(
     except ProtocolError as exc:
         await respond(send, 400, f"{exc}\n".encode())
         return
-    link = None if sid is None else manager.find(sid, user)
+    del body
+    full = False
     try:
-        cack = None if link is None else await link.push(batch.messages, answered=True)
-        if link is None or cack is None:
+        try:
+            cack = await link.push(batch.messages, answered=True, wait=False)
+        except InboxFull:
+            cack, full = 0, True
+        if cack is None:
             await respond(send, 404, b"unknown session\n")
             return
         if batch.ack is not None:
@@ -130,7 +159,15 @@ async def serve_send(
     except RemoteTimeout:
         await respond(send, 503, b"the session's process did not answer\n")
         return
+    if full:
+        await _busy(send)
+        return
     await respond_json(send, 200, {"cack": cack})
+
+
+async def _busy(send: ASGISend, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    head = [(b"retry-after", _FULL_RETRY_AFTER), *(headers or [])]
+    await respond(send, 429, b"the consumer is busy, retry later\n", headers=head)
 
 
 async def serve_close(

@@ -9,6 +9,15 @@ loop. It keeps this process's sessions by *token* (192 random bits from
 of the channel layer. From a session id alone any process can tell which one
 owns the session.
 
+**Signed ids.** A session id is ``"<token>.<mac>.<port>"``: ``mac`` is an
+HMAC-SHA256 of token and port (128 bits kept) with a key derived from
+Django's ``SECRET_KEY``, so every process of a deployment can check an id
+and nobody else can make one. :func:`parse_sid` refuses an id whose ``mac``
+is wrong before anything else happens: a forged id never reaches the layer
+(a made-up port could otherwise name any channel). The token still decides
+which session it is, and the owner (user, or browser key of an anonymous
+session) who may use it.
+
 :meth:`SessionManager.open` serves the requests that attach a transport
 (``ws``, ``sse``, ``poll``): resume the session named by ``sid`` if it is
 this process's, its user is the requester's (``str(user.pk)``, ``None`` for
@@ -17,7 +26,9 @@ ask the owning process the same through the layer if it is another's; else
 open a new session (``resumed: false``), unless the user already has
 ``max_sessions_per_user`` (429) or the process already holds ``max_sessions``
 sessions (503; every session in :attr:`SessionManager.sessions` counts, from
-its opening until it is removed, so a resume is never refused).
+its opening until it is removed, so a resume is never refused), or the
+client address opens sessions faster than ``client_open_rate`` (429, see
+:mod:`~tidings.transports.limiter`).
 :meth:`SessionManager.find` serves ``send`` and ``close``: a :class:`Link` to
 the session, local or remote.
 
@@ -29,17 +40,23 @@ costs a layer round trip.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import logging
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from django.utils.crypto import salted_hmac
+
 from tidings._types import ASGIApp, Scope
 from tidings.layers import get_channel_layer
 from tidings.transports.config import TransportSettings
+from tidings.transports.limiter import OpenLimiter, client_address
 from tidings.transports.protocol import CACK_TRANSPORTS, ClientMessage, open_envelope
 from tidings.transports.remote import RemoteHub, RemoteLink
+from tidings.transports.request import is_anonymous
 from tidings.transports.session import Attachment, Decision, Session
 
 __all__ = [
@@ -49,6 +66,7 @@ __all__ = [
     "LocalLink",
     "Opening",
     "SessionManager",
+    "make_sid",
     "parse_sid",
 ]
 
@@ -67,23 +85,42 @@ ACCEPTED: Final = Decision(accepted=True)
 _REFUSAL_LOG_INTERVAL: Final = 1.0
 
 _TOKEN_BYTES: Final = 24  # 192 bits
-_SID_RE: Final = re.compile(r"([A-Za-z0-9_-]{32})\.([A-Za-z0-9._-]+![A-Za-z0-9._-]*)")
+_SID_RE: Final = re.compile(
+    r"([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9._-]+![A-Za-z0-9._-]*)"
+)
 _PORT_PREFIX: Final = "tidings-sessions"
+_SID_SALT: Final = "tidings.transports.session-id"
+
+
+def _mac(token: str, port: str) -> str:
+    digest = salted_hmac(_SID_SALT, f"{token}.{port}", algorithm="sha256").digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+def make_sid(token: str, port: str) -> str:
+    """The signed session id of ``token`` owned by the process reading ``port``."""
+    return f"{token}.{_mac(token, port)}.{port}"
 
 
 def parse_sid(sid: str) -> tuple[str, str] | None:
-    """Split a session id into ``(token, port)``; ``None`` if it is malformed."""
+    """Split a session id into ``(token, port)``; ``None`` if malformed or not signed by us."""
     match = _SID_RE.fullmatch(sid) if len(sid) < 200 else None
-    return None if match is None else (match[1], match[2])
+    if match is None or not hmac.compare_digest(match[2], _mac(match[1], match[3])):
+        return None
+    return match[1], match[3]
 
 
 class Link(Protocol):
     """What ``send`` and ``close`` requests (and WebSocket frames) do to a session."""
 
-    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
+    async def push(
+        self, messages: list[ClientMessage], *, answered: bool = False, wait: bool = True
+    ) -> int | None:
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown.
 
-        ``answered``: the caller tells the client ``cack`` (see :meth:`Inbox.push`).
+        ``answered``: the caller tells the client ``cack``; ``wait=False``:
+        raise :class:`~tidings.transports.inbox.InboxFull` instead of waiting
+        for room (see :meth:`Inbox.push`).
         """
 
     async def ack(self, seq: int) -> None:
@@ -92,6 +129,9 @@ class Link(Protocol):
     async def close(self) -> bool:
         """End the session; ``False`` if it is unknown."""
 
+    def full(self) -> bool:
+        """Whether the session surely takes no client message now (a local check only)."""
+
 
 class LocalLink:
     """A :class:`Link` to a session of this process."""
@@ -99,13 +139,19 @@ class LocalLink:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
+    async def push(
+        self, messages: list[ClientMessage], *, answered: bool = False, wait: bool = True
+    ) -> int | None:
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is gone."""
         session = self.session
         if session.gone:
             return None
         session.touch()
-        return await session.push(messages, answered=answered)
+        return await session.push(messages, answered=answered, wait=wait)
+
+    def full(self) -> bool:
+        """Whether the consumer's inbox takes no more client messages now."""
+        return self.session.inbox.full()
 
     async def ack(self, seq: int) -> None:
         """Acknowledge envelopes up to ``seq``."""
@@ -124,13 +170,15 @@ class LocalLink:
 class Opening:
     """The outcome of :meth:`SessionManager.open`.
 
-    ``status`` is 200; or 429 (too many sessions of the user) or 503 (too
-    many sessions in the process), and nothing else is set then. ``session``
+    ``status`` is 200; or 429 (too many sessions of the user, or opened by
+    the client address: ``retry_after`` is set then) or 503 (too many
+    sessions in the process), and nothing else is set then. ``session``
     is the new session whose consumer has yet to decide, ``None`` on a resume.
     """
 
     status: int
     sid: str = ""
+    retry_after: int | None = None
     resumed: bool = False
     seq: int = 0
     cack: int = 0
@@ -177,6 +225,7 @@ class SessionManager:
         self._consumers: set[asyncio.Task[None]] = set()
         self._refused = 0  # new sessions refused over max_sessions since the last warning
         self._refused_logged_at = -_REFUSAL_LOG_INTERVAL
+        self._limiter = OpenLimiter(settings.client_open_rate, settings.client_open_burst)
 
     async def start(self) -> None:
         """Open the port on the channel layer (once; concurrent callers wait).
@@ -225,8 +274,9 @@ class SessionManager:
         session = self.sessions.get(token)
         if session is None or session.gone:
             return None
-        if session.user_key != user:
-            logger.warning("Session %s was requested by another user; refused", session.label)
+        if user is None or session.user_key != user:
+            # Info, not warning: anyone can make a line like this per request.
+            logger.info("Session %s was requested by another owner; refused", session.label)
             return None
         return session
 
@@ -302,18 +352,23 @@ class SessionManager:
 
     def _new(self, app: ASGIApp, scope: Scope, user: str | None, cacks: bool) -> Opening:
         limit = self.settings.max_sessions_per_user
-        if user is not None and self._per_user.get(user, 0) >= limit:
+        counted = user is not None and not is_anonymous(user)
+        if counted and user is not None and self._per_user.get(user, 0) >= limit:
             self._log_refusal(429, f"user {user} holds {limit} (max_sessions_per_user)")
-            return Opening(429)
+            return Opening(429, retry_after=1)
         if len(self.sessions) >= self.settings.max_sessions:
             limit = self.settings.max_sessions
             self._log_refusal(503, f"this process holds {limit} (max_sessions)")
             return Opening(503)
+        client = client_address(scope.get("client"))
+        if not self._limiter.allow(client, self.loop.time()):
+            self._log_refusal(429, f"client {client} opens too many (client_open_rate)")
+            return Opening(429, retry_after=self._limiter.retry_after())
         token = secrets.token_urlsafe(_TOKEN_BYTES)
-        sid = f"{token}.{self.port}"
+        sid = make_sid(token, self.port)
         session = Session(token=token, sid=sid, user_key=user, settings=self.settings, owner=self)
         self.sessions[token] = session
-        if user is not None:
+        if counted and user is not None:
             self._per_user[user] = self._per_user.get(user, 0) + 1
             self._counted.add(token)
         consumer_scope = dict(scope)

@@ -77,6 +77,15 @@ class ClientMessage:
         assert self.data is not None
         return {"type": "websocket.receive", "bytes": base64.b64decode(self.data)}
 
+    @property
+    def size(self) -> int:
+        """Bytes of the payload (UTF-8 text, or the bytes the base64 decodes to)."""
+        if self.text is not None:
+            text = self.text
+            return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        assert self.data is not None
+        return len(self.data) * 3 // 4
+
     def to_layer(self) -> dict[str, Any]:
         """A form any layer serializer carries (JSON has no bytes)."""
         if self.text is not None:
@@ -110,6 +119,14 @@ def _item(item: object, batch: ClientBatch) -> None:
         if text is not None:
             if not isinstance(text, str):
                 raise ProtocolError("'text' must be a string")
+            if not text.isascii():
+                # JSON can escape a lone surrogate ("\ud800"); a WebSocket text frame
+                # cannot carry one (RFC 6455 section 5.6: UTF-8), and neither can
+                # anything the consumer relays it to.
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ProtocolError("'text' is not valid Unicode (a lone surrogate)") from None
             batch.messages.append(ClientMessage(cseq, text=text))
             return
         if not isinstance(data, str):

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 
 from tidings._types import Message
 from tidings.layers.base import BaseChannelLayer
+from tidings.transports.inbox import InboxFull
 from tidings.transports.protocol import ClientMessage, layer_messages
 from tidings.transports.session import LocalAttachment, Session
 
@@ -124,17 +125,26 @@ class RemoteLink:
         self._owner = owner
         self._fields: dict[str, Any] = {"token": token, "user": user}
 
-    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int | None:
+    async def push(
+        self, messages: list[ClientMessage], *, answered: bool = False, wait: bool = True
+    ) -> int | None:
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown.
 
         Raises:
             RemoteTimeout: the owner did not answer.
+            InboxFull: ``wait`` is false and the consumer's inbox had no room.
         """
         items = [m.to_layer() for m in messages]
         reply = await self._hub.request(
-            self._owner, "push", messages=items, answered=answered, **self._fields
+            self._owner, "push", messages=items, answered=answered, wait=wait, **self._fields
         )
+        if reply.get("full"):
+            raise InboxFull()
         return int(reply["cack"]) if reply.get("ok") else None
+
+    def full(self) -> bool:
+        """Unknown here: the owner tells when pushing."""
+        return False
 
     async def ack(self, seq: int) -> None:
         """Acknowledge envelopes up to ``seq`` (no answer awaited)."""
@@ -361,8 +371,12 @@ class RemoteHub:
             elif op == "push":
                 session.touch()
                 answered = bool(message.get("answered"))
+                wait = bool(message.get("wait", True))
                 items = layer_messages(message["messages"])
-                reply["cack"] = await session.push(items, answered=answered)
+                try:
+                    reply["cack"] = await session.push(items, answered=answered, wait=wait)
+                except InboxFull:
+                    reply["full"] = True
             elif op == "close":
                 session.close_by_client()
         answer = {"type": MESSAGE_TYPE, "op": "reply", "rid": message["rid"], **reply}

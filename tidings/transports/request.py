@@ -5,25 +5,61 @@ parameter (wire protocol v1, ``docs/transports.md``). :func:`parse_request`
 checks it completely before anything runs (unknown action 400, wrong method
 405, malformed ``last`` 400, repeated parameters 400) and keeps the other
 query parameters byte for byte, in order, for the consumer's scope.
+
+**Who owns a session.** An authenticated session belongs to its user
+(``str(user.pk)``). An anonymous one belongs to a *browser key*: a random
+secret in the ``BROWSER_COOKIE`` cookie (``HttpOnly``, ``SameSite=Lax``,
+``Secure`` over https, ``Path`` the consumer's path), set on the response
+that opens a session when the request did not carry one. Sessions keep only
+a digest of it (:func:`owner_key`), so neither the layer messages nor the
+process's memory hold the key itself. Without the cookie a request owns no
+anonymous session: knowing a session id alone is not enough.
+
+**Requests without ``Origin``.** A GET carrying cookies but neither
+``Origin`` nor ``Sec-Fetch-Site`` (browsers older than fetch metadata) must
+carry ``CLIENT_HEADER``, which ``tidings.js`` sends and a cross-site page
+cannot send without a CORS preflight (:func:`cross_site_without_origin`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
+
+from django.http.cookie import parse_cookie
 
 from tidings._types import Scope
 from tidings.transports.protocol import TRANSPORT_NAMES
 
 __all__ = [
+    "BROWSER_COOKIE",
+    "CLIENT_HEADER",
     "BadRequest",
     "SessionRequest",
+    "browser_cookie",
+    "browser_key",
     "cross_site_without_origin",
+    "is_anonymous",
+    "new_browser_key",
+    "owner_key",
     "parse_request",
     "session_scope",
     "user_key",
 ]
+
+#: The cookie holding the browser key that anonymous sessions are bound to.
+BROWSER_COOKIE: Final = "tidings_bk"
+#: The header ``tidings.js`` puts on its HTTP requests (value ``1``).
+CLIENT_HEADER: Final = b"x-tidings"
+
+_KEY_BYTES: Final = 24  # 192 bits, as session tokens
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{32}")
+_ANONYMOUS: Final = "~"  # owner keys of anonymous sessions start with it; a pk never does
+_PATH_SAFE: Final = "/:@!$&'()*+,=-._~"  # no ';' (it would end the attribute)
 
 _PARAMS: Final = ("tidings", "sid", "last")
 _METHODS: Final = {"sse": "GET", "poll": "GET", "send": "POST", "close": "POST"}
@@ -52,6 +88,45 @@ def user_key(scope: Scope) -> str | None:
     """The session owner key of a scope: ``str(scope["user"].pk)``, ``None`` if anonymous."""
     pk = getattr(scope.get("user"), "pk", None)
     return None if pk is None else str(pk)
+
+
+def browser_key(scope: Scope) -> str | None:
+    """The browser key the request's ``BROWSER_COOKIE`` carries; ``None`` if none or malformed."""
+    raw = _header(scope, b"cookie")
+    if raw is None:
+        return None
+    key = parse_cookie(raw.decode("latin-1")).get(BROWSER_COOKIE)
+    return key if key is not None and _KEY_RE.fullmatch(key) else None
+
+
+def new_browser_key() -> str:
+    """A fresh browser key."""
+    return secrets.token_urlsafe(_KEY_BYTES)
+
+
+def owner_key(user: str | None, key: str | None) -> str | None:
+    """Who owns the sessions of this request: the user, else a digest of the browser key.
+
+    ``None`` (anonymous without a browser key) owns no session.
+    """
+    if user is not None:
+        return user
+    if key is None:
+        return None
+    return _ANONYMOUS + hashlib.sha256(key.encode("ascii")).hexdigest()[:32]
+
+
+def is_anonymous(owner: str) -> bool:
+    """Whether an owner key is a browser's rather than a user's."""
+    return owner.startswith(_ANONYMOUS)
+
+
+def browser_cookie(scope: Scope, key: str) -> tuple[bytes, bytes]:
+    """The ``set-cookie`` header that gives the browser ``key``, scoped to the request path."""
+    path = quote(str(scope.get("path") or "/"), safe=_PATH_SAFE)
+    secure = "; Secure" if scope.get("scheme") in ("https", "wss") else ""
+    value = f"{BROWSER_COOKIE}={key}; Path={path}; HttpOnly; SameSite=Lax{secure}"
+    return (b"set-cookie", value.encode("latin-1"))
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -133,8 +208,17 @@ def session_scope(scope: Scope, request: SessionRequest, handle: object, key: st
 
 
 def cross_site_without_origin(scope: Scope) -> bool:
-    """An HTTP request without ``Origin`` that fetch metadata says is not same-origin."""
+    """An HTTP request without ``Origin`` that may come from another site.
+
+    Either fetch metadata says it is not same-origin, or there is no fetch
+    metadata (an older browser) and the request carries cookies without
+    ``CLIENT_HEADER``: a cross-site page can make the browser send such a
+    request with the victim's cookies, but not with that header (it needs a
+    CORS preflight, which is not answered).
+    """
     if scope["type"] != "http" or _header(scope, b"origin") is not None:
         return False
     site = _header(scope, b"sec-fetch-site")
-    return site is not None and site.lower() != b"same-origin"
+    if site is not None:
+        return site.lower() != b"same-origin"
+    return _header(scope, b"cookie") is not None and _header(scope, CLIENT_HEADER) != b"1"

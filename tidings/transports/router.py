@@ -29,8 +29,20 @@ through the ``websocket.http.response`` extension, or 403 without it.
 
 An HTTP GET without ``Origin`` (a same-origin ``EventSource`` or ``fetch``
 sends none) gets ``Origin`` built from ``Host`` so that origin validators
-accept it, unless ``Sec-Fetch-Site`` says the request is not same-origin:
-then it is refused (403) before the stack runs.
+accept it, unless ``Sec-Fetch-Site`` says the request is not same-origin, or
+there is no fetch metadata and the request carries cookies but not the
+header of ``tidings.js``: then it is refused (403) before the stack runs.
+
+Before anything else, a ``sid`` that this deployment did not sign is refused:
+``send`` and ``close`` get 404 (no stack, no body read, no layer traffic);
+``ws``/``sse``/``poll`` open a new session as without ``sid``. A route the
+``"websocket"`` URL router does not know is 404 (logged at debug level).
+
+**Owners.** Authenticated sessions belong to ``str(user.pk)``; anonymous
+ones to the browser key cookie (:mod:`~tidings.transports.request`). An
+anonymous request that opens a session without that cookie gets a new key
+(``set-cookie`` on the response that opens it), so no request without the
+cookie can use an anonymous session.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from asgiref.compatibility import guarantee_single_callable
@@ -50,12 +62,16 @@ from tidings.consumer import TRANSPORT_SESSION_KEY
 from tidings.routing import ProtocolTypeRouter
 from tidings.transports import _http, longpoll, sse, websocket
 from tidings.transports.config import TransportSettings
-from tidings.transports.manager import Opening, SessionManager
+from tidings.transports.manager import Opening, SessionManager, parse_sid
 from tidings.transports.protocol import TRANSPORT_NAMES
 from tidings.transports.request import (
     BadRequest,
     SessionRequest,
+    browser_cookie,
+    browser_key,
     cross_site_without_origin,
+    new_browser_key,
+    owner_key,
     parse_request,
     session_scope,
     user_key,
@@ -67,12 +83,14 @@ logger = logging.getLogger("tidings.transports")
 
 #: Seconds the stack gets to return after a handle was adopted or a refusal sent.
 _STACK_EXIT: Final = 5.0
+_CLOSE: Final = (b"connection", b"close")
 
 
 @dataclass(frozen=True, slots=True)
 class _Adopted:
-    user: str | None
+    user: str | None  # the owner key: a user's pk, or a browser key's digest
     opening: Opening | None
+    cookie: tuple[bytes, bytes] | None = None  # set-cookie for a new browser key
 
 
 class SessionHandle:
@@ -96,8 +114,14 @@ class SessionHandle:
         """
         if self.outcome.done():
             raise RuntimeError("a session request was adopted twice")
-        user = user_key(scope)
         request = self._request
+        user = user_key(scope)
+        key = browser_key(scope) if user is None else None
+        cookie = None
+        if user is None and key is None and request.action in TRANSPORT_NAMES:
+            key = new_browser_key()
+            cookie = browser_cookie(scope, key)
+        user = owner_key(user, key)
         opening = None
         try:
             if request.action in TRANSPORT_NAMES:
@@ -115,7 +139,7 @@ class SessionHandle:
                 self.outcome.set_exception(exc)
                 self.outcome.exception()
             raise
-        self.outcome.set_result(_Adopted(user, opening))
+        self.outcome.set_result(_Adopted(user, opening, cookie))
 
 
 class fallback:
@@ -224,12 +248,21 @@ class TransportRouter(ProtocolTypeRouter):
             logger.info("Refused %s session request without Origin", scope.get("path", ""))
             await _http.deny(scope, send, 403, "cross-site request without Origin")
             return
+        if request.sid is not None and parse_sid(request.sid) is None:
+            # Not an id of ours (forged, or signed with another SECRET_KEY). Refused
+            # before the stack, the body or the layer: nothing may depend on it.
+            if request.action in ("send", "close"):
+                await _http.respond(send, 404, b"unknown session\n", headers=[_CLOSE])
+                return
+            request = replace(request, sid=None)
         handle = SessionHandle(self, request)
         adopted = await self._run_stack(
             session_scope(scope, request, handle, TRANSPORT_SESSION_KEY), handle, scope, send
         )
         if adopted is None:
             return
+        if adopted.cookie is not None:
+            send = _with_header(send, adopted.cookie)
         try:
             await self._serve(request, adopted, scope, receive, send)
         except _http.ClientGone:
@@ -256,7 +289,8 @@ class TransportRouter(ProtocolTypeRouter):
         opening = adopted.opening
         assert opening is not None
         if opening.status == 429:
-            await _http.deny(scope, send, 429, "too many sessions for this user")
+            retry = (b"retry-after", b"%d" % (opening.retry_after or 1))
+            await _http.deny(scope, send, 429, "too many new sessions", headers=[retry])
         elif opening.status != 200:
             reason = "too many sessions, try again later"
             await _http.deny(scope, send, opening.status, reason, headers=[self._retry_after])
@@ -316,6 +350,11 @@ class TransportRouter(ProtocolTypeRouter):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         error = None if task.cancelled() else task.exception()
+        if _no_route(error):
+            # Anyone can ask for any path: not worth more than a debug line.
+            logger.debug("Session request to %s: no route", scope.get("path", ""))
+            await _http.deny(scope, send, 404, "no such route")
+            return None
         if error is not None:
             logger.error("Exception in the websocket stack of a session request", exc_info=error)
         outcome = handle.outcome
@@ -338,6 +377,24 @@ class TransportRouter(ProtocolTypeRouter):
             logger.info("Session request to %s refused (no answer)", scope.get("path", ""))
             await _http.deny(scope, send, 403, "refused")
         return None
+
+
+def _no_route(error: BaseException | None) -> bool:
+    """Whether ``error`` is URLRouter's "No route found" (Channels raises a ValueError too)."""
+    return type(error).__name__ in ("ValueError", "_NoRoute") and str(error).startswith(
+        "No route found for path"
+    )
+
+
+def _with_header(send: ASGISend, header: tuple[bytes, bytes]) -> ASGISend:
+    """``send`` that adds ``header`` to the response start (or the WebSocket accept)."""
+
+    async def sender(message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept"):
+            message = {**message, "headers": [*(message.get("headers") or ()), header]}
+        await send(message)
+
+    return sender
 
 
 @dataclass(frozen=True, slots=True)

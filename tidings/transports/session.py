@@ -38,6 +38,13 @@ the next connection's open envelope). While nothing is attached, a timer of
 ``resume_window`` runs; when it fires, the consumer gets ``websocket.disconnect``
 with 1006 and the session is removed.
 
+**Claiming.** A new session is *unclaimed* until its client comes back: a
+second attachment, or any request through its link (``touch``). An
+unclaimed session's timer is ``claim_window`` instead (when shorter), so
+sessions opened and never used (one client filling ``max_sessions``) go away
+in seconds. An opening connection that stayed attached for ``claim_window``
+claims it too: a long SSE stream that drops gets the full resume window.
+
 What must not go here: transports (HTTP, SSE, WebSocket framing), the channel
 layer, session ids and users (the manager's).
 """
@@ -179,6 +186,8 @@ class Session:
         self._attachment: LocalAttachment | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._denial: list[Message] = []
+        self.claimed = False
+        self._attached_at: float | None = None
 
     # -- the consumer ---------------------------------------------------------------------
 
@@ -284,9 +293,15 @@ class Session:
         """The ``cseq`` of the last client message taken (acknowledged)."""
         return self.inbox.cack
 
-    async def push(self, messages: list[ClientMessage], *, answered: bool = False) -> int:
-        """Queue client messages for the consumer; return ``cack`` (see :meth:`Inbox.push`)."""
-        return await self.inbox.push(messages, answered=answered)
+    async def push(
+        self, messages: list[ClientMessage], *, answered: bool = False, wait: bool = True
+    ) -> int:
+        """Queue client messages for the consumer; return ``cack`` (see :meth:`Inbox.push`).
+
+        Raises:
+            InboxFull: ``wait`` is false and there was no room.
+        """
+        return await self.inbox.push(messages, answered=answered, wait=wait)
 
     def ack(self, seq: int) -> None:
         """The client has every envelope up to ``seq``: free them."""
@@ -309,6 +324,9 @@ class Session:
         if self.gone or not self.acked <= last <= self.seq:
             return None
         self.ack(last)
+        if self._attached_at is not None:
+            self.claimed = True  # the client came back
+        self._attached_at = asyncio.get_running_loop().time()
         if self._attachment is not None:
             self._attachment._finish("superseded")
         self._cancel_expiry()
@@ -318,6 +336,7 @@ class Session:
 
     def touch(self) -> None:
         """A request for this session arrived: restart the resume window if detached."""
+        self.claimed = True
         if self._attachment is None and not self.gone:
             self._schedule_expiry()
 
@@ -360,6 +379,10 @@ class Session:
         attachment._finish("detached")
         if self._attachment is attachment:
             self._attachment = None
+            started = self._attached_at
+            now = asyncio.get_running_loop().time()
+            if started is not None and now - started >= self._settings.claim_window:
+                self.claimed = True
             if not self.gone:
                 self._schedule_expiry()
 
@@ -382,7 +405,13 @@ class Session:
     def _schedule_expiry(self) -> None:
         self._cancel_expiry()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(self._settings.resume_window, self._expire)
+        self._expiry = loop.call_later(self._window(), self._expire)
+
+    def _window(self) -> float:
+        settings = self._settings
+        if self.claimed:
+            return settings.resume_window
+        return min(settings.claim_window, settings.resume_window)
 
     def _cancel_expiry(self) -> None:
         if self._expiry is not None:
@@ -395,7 +424,7 @@ class Session:
             logger.info(
                 "Session %s expired: no client for %g s; the consumer gets 1006",
                 self.label,
-                self._settings.resume_window,
+                self._window(),
             )
         self._finish(1006, "resume window expired", final=False)
         self.remove()

@@ -15,23 +15,31 @@ when a newer connection of the session takes over, or when the client leaves
 (``http.disconnect``); in every case the attachment is detached, which starts
 the session's resume window.
 
+When the server starts a graceful shutdown (the ``tidings.shutdown`` extension:
+``{"event": asyncio.Event}``), ``until_shutdown`` ends a session of this process
+at once, as lifespan shutdown would (the consumer gets 1001, the stream the
+close envelope, then it ends), so an open stream does not hold the shutdown for
+``--graceful-timeout``. A stream attached to another process's session just ends:
+the client resumes there.
+
 Client messages do not come this way: they are POSTs (``longpoll.serve_send``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.transports._http import race, refuse, until_disconnect
 from tidings.transports.config import TransportSettings
-from tidings.transports.manager import Opening
+from tidings.transports.manager import SHUTDOWN_GRACE, Opening
 from tidings.transports.protocol import envelope_seq
-from tidings.transports.session import Attachment
+from tidings.transports.session import Attachment, LocalAttachment
 from tidings.wire.sse import encode_comment, encode_event
 
-__all__ = ["HEADERS", "encode_batch", "serve"]
+__all__ = ["HEADERS", "encode_batch", "serve", "until_shutdown"]
 
 #: Response headers of every event stream.
 HEADERS: Final = [
@@ -40,6 +48,8 @@ HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 _HEARTBEAT: Final = encode_comment()
+#: Sessions ending for a shutdown (held so the tasks are not collected mid-way).
+_ENDING: set[asyncio.Task[None]] = set()
 
 
 def encode_batch(batch: list[str]) -> bytes:
@@ -66,7 +76,13 @@ async def serve(
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         first = encode_event(opening.envelope("sse"))
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        await race(_stream(attachment, send, settings.sse_heartbeat), until_disconnect(receive))
+        await race(
+            _stream(attachment, send, settings.sse_heartbeat),
+            until_disconnect(receive),
+            until_shutdown(scope, attachment),
+        )
+        with contextlib.suppress(OSError):  # the client left: nothing to end
+            await send({"type": "http.response.body", "body": b""})
     finally:
         attachment.detach()
 
@@ -82,4 +98,23 @@ async def _stream(attachment: Attachment, send: ASGISend, heartbeat: float) -> N
         if not batch:
             break
         await send({"type": "http.response.body", "body": encode_batch(batch), "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+
+
+async def until_shutdown(scope: Scope, attachment: Attachment) -> None:
+    """Return once the server shuts down if the session lives elsewhere; else end it.
+
+    Without the server's ``tidings.shutdown`` extension this waits forever. A
+    session of this process ends as at lifespan shutdown (the consumer gets 1001
+    and the attachment the close envelope); this coroutine then waits on, so
+    the transport ends its response in order after that envelope.
+    """
+    extension = (scope.get("extensions") or {}).get("tidings.shutdown") or {}
+    event = extension.get("event")
+    if isinstance(event, asyncio.Event):
+        await event.wait()
+        if not isinstance(attachment, LocalAttachment):
+            return
+        task = asyncio.get_running_loop().create_task(attachment.session.shutdown(SHUTDOWN_GRACE))
+        _ENDING.add(task)
+        task.add_done_callback(_ENDING.discard)
+    await asyncio.get_running_loop().create_future()  # until the race is over

@@ -4,9 +4,10 @@
   ``{"text": ..., "sender": ...}``) goes to everyone in the room, the sender included.
 - :class:`StreamConsumer` (``/ws/stream/``): commands as JSON text: ``stream`` sends
   ``n`` numbered messages ``{"type": "n", "n": i}``, paced (``every`` messages, then
-  ``pause`` seconds); ``note`` records ``i``; ``report`` answers with the notes in the
-  order received and how often this session's consumer saw connect and disconnect;
-  ``close`` closes with ``code``; bytes come back reversed.
+  ``pause`` seconds); ``note`` records ``i``; ``sleep`` keeps it busy ``s`` seconds;
+  ``report`` answers with the notes in the order received and how often this
+  session's consumer saw connect and disconnect; ``close`` closes with ``code``;
+  bytes come back reversed.
 
 :class:`RefusingConsumer` (``/ws/refuse/``) refuses every session. The others greet
 with ``{"type": "hello", "pid": ..., "transport": ...}``: the process that
@@ -112,6 +113,8 @@ class StreamConsumer(_Greeting):
             await self.close(code=int(data["code"]))
         elif cmd == "note":
             self.notes.append(int(data["i"]))
+        elif cmd == "sleep":  # a busy consumer: takes no message meanwhile
+            await asyncio.sleep(float(data["s"]))
         elif cmd == "report":
             await self.send_json(
                 {

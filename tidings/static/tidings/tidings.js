@@ -267,6 +267,15 @@ class HttpSender {
       return t.fail(new Final(1009, "message too big"));
     } else if (response.status === 404) {
       return t.fail("session unknown to the server"); // the resume will say so
+    } else if (response.status === 429) {
+      // The consumer's inbox is full: the messages stay in the outbox; try again
+      // after Retry-After (the transport itself is fine).
+      const wait = (retryAfterSeconds(response) ?? 1) * 1000;
+      setTimeout(() => {
+        this.busy = false;
+        if (!t.dead) this.post();
+      }, Math.min(wait, host._options.backoff.max));
+      return;
     } else if (!response.ok) {
       return t.fail(t.statusFailure(response, "send"));
     } else {
@@ -306,6 +315,9 @@ class HttpTransport {
       signal: this.abort.signal,
       ...init,
       headers: {
+        // Only this client sends it: a cross-site page cannot without a CORS
+        // preflight, which tells an old browser's request from a forged one.
+        "X-Tidings": "1",
         ...(init.method === "POST" ? { "Content-Type": "application/json" } : {}),
         ...(init.headers ?? {}),
       },
