@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -13,6 +14,14 @@ from tidings.staticfiles import StaticFilesWrapper
 from tidings.testing import HttpCommunicator, WebsocketCommunicator
 
 STATIC_DIR = Path(__file__).resolve().parent / "django_project" / "static"
+
+
+async def get(app: Any, path: str) -> dict[str, Any]:
+    """GET ``path``, then let the application finish (Django closes the file after)."""
+    communicator = HttpCommunicator(app, "GET", path)
+    response = await communicator.get_response(5)
+    await communicator.wait(5)
+    return response
 
 
 async def inner(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
@@ -32,20 +41,20 @@ def wrapper() -> StaticFilesWrapper:
 
 @override_settings(STATICFILES_DIRS=[str(STATIC_DIR)])
 async def test_static_path_is_served_from_the_finders(wrapper: StaticFilesWrapper) -> None:
-    response = await HttpCommunicator(wrapper, "GET", "/static/probe.txt").get_response(5)
+    response = await get(wrapper, "/static/probe.txt")
     assert response["status"] == 200
     assert response["body"] == b"tidings static probe\n"
 
 
 @override_settings(STATICFILES_DIRS=[str(STATIC_DIR)])
 async def test_missing_static_file_is_404(wrapper: StaticFilesWrapper) -> None:
-    response = await HttpCommunicator(wrapper, "GET", "/static/missing.txt").get_response(5)
+    response = await get(wrapper, "/static/missing.txt")
     assert response["status"] == 404
 
 
 @pytest.mark.parametrize("path", ["/", "/staticx/probe.txt", "/app/static/probe.txt"])
 async def test_other_paths_go_to_the_application(wrapper: StaticFilesWrapper, path: str) -> None:
-    response = await HttpCommunicator(wrapper, "GET", path).get_response(5)
+    response = await get(wrapper, path)
     assert response["status"] == 200
     assert response["body"] == b"app " + path.encode()
 

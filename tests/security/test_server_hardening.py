@@ -173,6 +173,38 @@ async def test_plain_paths_are_logged_unchanged(caplog: pytest.LogCaptureFixture
     assert '"GET /café/a-b_c.d~e?x=1&y=%20 HTTP/1.1" 200 13' in message
 
 
+async def test_session_ids_are_shortened_in_the_access_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transport session id never appears whole in a log line (HTTP and WebSocket)."""
+    caplog.set_level(logging.INFO, "tidings.access")
+    sid = "abcdef0123456789.0123456789abcdef.8000"
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close"})  # a denial: 403
+            return
+        await apps.hello(scope, receive, send)
+
+    async with serve(app, access_log=True) as srv:
+        for query in (f"tidings=send&sid={sid}", f"sid={sid}&x=1", "sid=short"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(f"GET /t?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            await writer.drain()
+            await reader.readuntil(b"Hello, world!")
+            writer.close()
+        response = await exchange(srv.port, _handshake(f"/ws?sid={sid}".encode()))
+        status = int(response.split()[1])
+    messages = [r.getMessage() for r in caplog.records if r.name == "tidings.access"]
+    assert len(messages) == 4, messages
+    assert not [m for m in messages if "0123456789" in m]
+    assert '"GET /t?tidings=send&sid=abcdef... HTTP/1.1"' in messages[0]
+    assert '"GET /t?sid=abcdef...&x=1 HTTP/1.1"' in messages[1]
+    assert '"GET /t?sid=short HTTP/1.1"' in messages[2]
+    assert f'"WebSocket /ws?sid=abcdef..." {status}' in messages[3]
+
+
 # -- L5: header fields from the application are checked before they are written ------------
 
 

@@ -61,6 +61,20 @@ def loggable(text: str) -> str:
     return _UNSAFE_LOG_CHARS.sub(_escape_char, text)
 
 
+# A ``sid`` query parameter carries a session id (Tidings' fallback transports): the
+# access log keeps its first 6 characters, enough to follow one session, not to use it.
+_SESSION_ID_PARAM = re.compile(rb"((?:^|[&;])sid=[^&;]{6})[^&;]+")
+
+
+def loggable_query(query_string: bytes) -> str:
+    """``?query`` for a log line (``""`` when empty): escaped, session ids shortened."""
+    if not query_string:
+        return ""
+    if b"sid=" in query_string:
+        query_string = _SESSION_ID_PARAM.sub(rb"\1...", query_string)
+    return "?" + loggable(query_string.decode("latin-1"))
+
+
 def fmt_client(client: tuple[str, int] | None) -> str:
     """``host:port`` of a scope's client for a log line (``-`` when unknown).
 

@@ -46,7 +46,14 @@ import httptools
 
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import ServerState, access_log, error_log, fmt_client, loggable
+from tidings.server._state import (
+    ServerState,
+    access_log,
+    error_log,
+    fmt_client,
+    loggable,
+    loggable_query,
+)
 from tidings.wire.headers import InvalidField, check_fields
 
 if TYPE_CHECKING:
@@ -1069,13 +1076,12 @@ class RequestCycle:
         protocol = self.protocol
         if protocol.state.access_log:
             scope = self.scope
-            qs = scope["query_string"]
             access_log.info(
                 '%s - "%s %s%s HTTP/%s" %d %d',
                 fmt_client(scope["client"]),
                 loggable(scope["method"]),
                 loggable(scope["path"]),
-                ("?" + loggable(qs.decode("latin-1"))) if qs else "",
+                loggable_query(scope["query_string"]),
                 scope["http_version"],
                 self.status,
                 self.sent,

@@ -64,7 +64,14 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import ServerState, access_log, error_log, fmt_client, loggable
+from tidings.server._state import (
+    ServerState,
+    access_log,
+    error_log,
+    fmt_client,
+    loggable,
+    loggable_query,
+)
 from tidings.server.http11 import ClientDisconnected, simple_response
 from tidings.wire import (
     BytesMessage,
@@ -593,12 +600,11 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     def _access(self, status: int) -> None:
         if self.state.access_log:
             scope = self.scope
-            qs = scope["query_string"]
             access_log.info(
                 '%s - "WebSocket %s%s" %d',
                 fmt_client(self._client),
                 loggable(scope["path"]),
-                ("?" + loggable(qs.decode("latin-1"))) if qs else "",
+                loggable_query(scope["query_string"]),
                 status,
             )
 
