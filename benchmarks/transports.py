@@ -85,7 +85,10 @@ class Client:
             writer.close()
 
     def _get(self, writer: asyncio.StreamWriter, target: str, extra: str = "") -> None:
-        head = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{extra}\r\n"
+        # X-Tidings, as tidings.js sends it: session requests carrying cookies need it.
+        head = (
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nX-Tidings: 1\r\n{extra}\r\n"
+        )
         writer.write(head.encode())
 
     async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -124,15 +127,19 @@ class Client:
                 return
 
     async def _longpoll(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sid, last = "", 0
+        sid, last, cookie = "", 0, ""
         while True:
             query = f"&sid={sid}&last={last}" if sid else ""
-            self._get(writer, f"/ws/?tidings=poll{query}")
+            self._get(writer, f"/ws/?tidings=poll{query}", cookie)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
+                elif line.lower().startswith(b"set-cookie:"):
+                    # The anonymous session's binding cookie: every later poll sends it.
+                    pair = line.split(b":", 1)[1].split(b";")[0].strip().decode()
+                    cookie = f"Cookie: {pair}\r\n"
             for envelope in json.loads(await reader.readexactly(length)):
                 if envelope.get("type") == "open":
                     sid = envelope["sid"]

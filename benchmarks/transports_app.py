@@ -64,5 +64,9 @@ application = TransportRouter(
     {
         "http": URLRouter([path("broadcast/", Broadcast.as_asgi())]),  # type: ignore[arg-type]
         "websocket": URLRouter([path("ws/", Member.as_asgi())]),  # type: ignore[arg-type]
-    }
+    },
+    # Every benchmark client comes from 127.0.0.1: lift the per-address opening limit
+    # (10 a second, bursts of 100) that would otherwise refuse most of them with 429.
+    client_open_rate=1_000_000,
+    client_open_burst=1_000_000,
 )
