@@ -287,11 +287,15 @@ _ACCESS = re.compile(r"\[(\d+)\] INFO tidings\.access: .*\"(?:GET|POST) (\S+) HT
 
 
 def pids_serving(log: str, sid: str) -> set[int]:
-    """PIDs of the workers that answered a request of session ``sid``."""
+    """PIDs of the workers that answered a request of session ``sid``.
+
+    The access log shows a session id shortened to its first 6 characters.
+    """
+    assert sid not in log, "a whole session id reached the access log"
     pids = set()
     for match in _ACCESS.finditer(log):
         query = parse_qs(urlsplit(match.group(2)).query)
-        if query.get("sid") == [sid]:
+        if query.get("sid") == [sid[:6] + "..."]:
             pids.add(int(match.group(1)))
     return pids
 
