@@ -100,3 +100,30 @@ def test_worker_configuration_errors_are_one_line(
     assert "tidings: error: " in completed.stderr
     assert expected in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["jobs", "--layer", "missing"], "hannel layer 'missing': "),
+        (["bad name!"], "hannel name must be a str"),
+    ],
+    ids=["unknown-layer", "bad-channel-name"],
+)
+def test_worker_and_runworker_share_one_front_door(args: list[str], expected: str) -> None:
+    """``tidings worker`` and ``manage.py runworker`` report a mistake with the same sentence
+    (runworker, as Django commands do, with a capital first letter and exit status 1)."""
+
+    def run(command: list[str], prefix: str) -> tuple[int, str]:
+        completed = subprocess.run(
+            command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+        )
+        (line,) = [x for x in completed.stderr.splitlines() if expected in x]
+        assert line.startswith(prefix), line
+        return completed.returncode, line.removeprefix(prefix)
+
+    status, cli = run(_worker(APP, *args, "--settings", SETTINGS), "tidings: error: ")
+    manage = [sys.executable, "-m", "django", "runworker", *args, "--settings", SETTINGS]
+    django_status, command = run(manage, "CommandError: ")
+    assert (status, django_status) == (2, 1)
+    assert command == cli[:1].upper() + cli[1:]

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tidings.server._options import OPTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "tidings"
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -202,6 +204,34 @@ def test_server_default_constants_are_the_flag_defaults(monkeypatch: pytest.Monk
         assert options[flag].default == getattr(config, name), flag
 
 
+def test_every_option_of_the_table_is_documented_with_its_default() -> None:
+    """The option table itself (flags, defaults as the command line shows them) and the docs."""
+    rows = {flag: cell for flags, cell in _flag_rows(_section("`tidings serve`")) for flag in flags}
+    for option in OPTIONS:
+        assert option.flag in rows, f"{option.flag} missing from docs/reference.md"
+        _same(rows[option.flag], option.kind.to_cli(option.default), option.flag)
+
+
+def test_the_option_table_covers_every_config_field() -> None:
+    """Each field of Config and of its sections is one row of the table, with that default."""
+    import dataclasses
+
+    from tidings.server import config
+
+    sections = {"limits": config.Limits, "timeouts": config.Timeouts}
+    sections["websocket"] = config.WebSocketSettings
+    fields = {
+        f"{name}.{f.name}": f for name, cls in sections.items() for f in dataclasses.fields(cls)
+    }
+    fields.update(
+        (f.name, f) for f in dataclasses.fields(config.Config) if f.name not in {"app", *sections}
+    )
+    table = {option.path: option for option in OPTIONS if option.field is not None}
+    assert set(table) == set(fields)
+    for path, option in table.items():
+        assert fields[path].default == option.default, path
+
+
 # -- settings, environment, checks, loggers --------------------------------------------------
 
 
@@ -227,6 +257,7 @@ def test_every_environment_variable_read_is_documented() -> None:
     found: set[str] = set()
     for _, source in _sources():
         found.update(re.findall(r"os\.environ(?:\.get)?[\[(]\s*\"([A-Z][A-Z0-9_]+)\"", source))
+    found.update(option.env for option in OPTIONS if option.env is not None)
     assert "FORWARDED_ALLOW_IPS" in found
     documented = {
         name for cells in _rows(_section("Environment variables")) for name in _names(cells[0])

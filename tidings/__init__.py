@@ -7,9 +7,9 @@ subpackages; importing ``tidings`` itself imports nothing heavy.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_CHANNEL_LAYER", "__version__"]
+from tidings._version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["DEFAULT_CHANNEL_LAYER", "__version__"]
 
 #: The alias of ``CHANNEL_LAYERS`` used when none is named (Channels' top-level name).
 DEFAULT_CHANNEL_LAYER = "default"

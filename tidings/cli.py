@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tidings import __version__
+from tidings import DEFAULT_CHANNEL_LAYER
+from tidings._version import __version__
 from tidings.server.cli import add_app_dir, add_serve_parser, serve_main
 
 __all__ = ["main"]
@@ -32,7 +33,9 @@ def _make_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("app", help="the application as module:attribute")
     w.add_argument("channels", nargs="+", help="channel names to listen on")
-    w.add_argument("--layer", default="default", help="channel layer alias from CHANNEL_LAYERS")
+    w.add_argument(
+        "--layer", default=DEFAULT_CHANNEL_LAYER, help="channel layer alias from CHANNEL_LAYERS"
+    )
     w.add_argument("--app-dir", default=".", help="directory added to sys.path to import APP")
     w.add_argument(
         "--settings",
@@ -82,7 +85,7 @@ def _fail(message: str) -> int:
 
 
 def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``tidings worker``: Django settings, the app, the layer, then the worker.
+    """Run ``tidings worker``: Django settings and the app, then the worker's front door.
 
     The channel layer comes from Django's ``CHANNEL_LAYERS`` setting, so Django
     is set up first when ``--settings`` or ``DJANGO_SETTINGS_MODULE`` names a
@@ -111,10 +114,8 @@ def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     from django.conf import settings
 
-    from tidings.exceptions import InvalidChannelLayerError
-    from tidings.layers import get_channel_layer
     from tidings.server.main import AppImportError, import_app
-    from tidings.worker import Worker
+    from tidings.worker import _run_command
 
     try:
         application = import_app(ns.app)
@@ -126,25 +127,13 @@ def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             "but Django settings are not configured: pass --settings or set "
             "DJANGO_SETTINGS_MODULE to your settings module"
         )
-    try:
-        layer = get_channel_layer(ns.layer)
-    except InvalidChannelLayerError as exc:
-        return _fail(f"channel layer {ns.layer!r}: {exc}")
-    if layer is None:
-        return _fail("no channel layer is configured (CHANNEL_LAYERS is empty)")
-    try:
-        worker = Worker(application, ns.channels, layer)
-    except (TypeError, ValueError) as exc:
-        return _fail(str(exc))
-    logger = logging.getLogger("tidings.worker")
-    worker.run(
-        on_started=lambda: logger.info(
-            "Running worker for channels %s on channel layer %r",
-            ", ".join(worker.channels),
-            ns.layer,
-        )
+    return _run_command(
+        application,
+        ns.channels,
+        layer_alias=ns.layer,
+        announce=logging.getLogger("tidings.worker").info,
+        fail=_fail,
     )
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

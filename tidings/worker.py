@@ -351,17 +351,65 @@ def run_worker(
 ) -> None:
     """Run a :class:`Worker` for ``channels`` on the layer ``layer_alias`` until a signal.
 
-    This is what ``manage.py runworker`` and ``tidings worker`` call.
+    ``manage.py runworker`` and ``tidings worker`` run the same worker through
+    :func:`_run_command`, which reports these errors instead of raising them.
 
     Raises:
         InvalidChannelLayerError: the alias is not configured, or
             ``CHANNEL_LAYERS`` is empty.
         ValueError, TypeError: bad channel names (see :class:`Worker`).
     """
-    layer = get_channel_layer(layer_alias)
-    if layer is None:
-        raise InvalidChannelLayerError(
-            "No channel layer is configured (CHANNEL_LAYERS is empty); a worker needs one."
-        )
-    worker = Worker(application, channels, layer, shutdown_timeout=shutdown_timeout)
+    worker = Worker(application, channels, _layer(layer_alias), shutdown_timeout=shutdown_timeout)
     worker.run(on_started=lambda: logger.info("Running worker for channels %s", worker.channels))
+
+
+def _layer(alias: str) -> BaseChannelLayer:
+    """The channel layer ``alias`` names.
+
+    Raises:
+        InvalidChannelLayerError: the alias is not configured (the message names it), or
+            ``CHANNEL_LAYERS`` is empty.
+    """
+    try:
+        layer = get_channel_layer(alias)
+    except InvalidChannelLayerError as exc:
+        raise InvalidChannelLayerError(f"channel layer {alias!r}: {exc}") from exc
+    if layer is None:
+        raise InvalidChannelLayerError("no channel layer is configured (CHANNEL_LAYERS is empty)")
+    return layer
+
+
+# -- the front door of ``tidings worker`` and ``manage.py runworker`` ------------------------
+
+
+def _run_command(
+    application: ASGIApp,
+    channels: Iterable[str],
+    *,
+    layer_alias: str,
+    announce: Callable[[str], object],
+    fail: Callable[[str], int],
+) -> int:
+    """Run a worker for a command line; return its exit status.
+
+    The one front door of ``tidings worker`` (``tidings.cli``) and ``manage.py
+    runworker``: each gets the application its own way, then calls this. A
+    configuration mistake (an unknown layer alias, an empty ``CHANNEL_LAYERS``, a bad
+    channel name) is handed to ``fail`` as one sentence, and what ``fail`` returns (or
+    raises) ends the command. Once signals are handled, ``announce`` gets the line
+    saying what runs. An error of the layer while running propagates with its traceback.
+
+    Returns:
+        0 once a signal stopped the worker, else what ``fail`` returned.
+    """
+    try:
+        worker = Worker(application, channels, _layer(layer_alias))
+    except (TypeError, ValueError) as exc:  # InvalidChannelLayerError is a ValueError
+        return fail(str(exc))
+    worker.run(
+        on_started=lambda: announce(
+            f"Running worker for channels {', '.join(worker.channels)} "
+            f"on channel layer {layer_alias!r}"
+        )
+    )
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tidings.server._options import OPTIONS, SIZE, Option
+from tidings.server.config import Timeouts, WebSocketSettings
 
 from ._helpers import free_port
 
@@ -587,3 +591,130 @@ def test_sighup_with_a_broken_release_keeps_the_running_workers(tmp_path: Path) 
             time.sleep(0.05)
         assert int(_get(port).split()[0]) not in before
         assert proc.stop() == 0
+
+
+# -- the option table: parser, build_config and Config agree -------------------------------
+
+
+def _parse(*args: str) -> argparse.Namespace:
+    from tidings.cli import _make_parser
+
+    return _make_parser().parse_args(["serve", "tests.server.apps:hello", *args])
+
+
+def test_no_flags_build_the_default_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.server.cli import build_config
+    from tidings.server.config import Config
+
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert build_config(_parse()) == Config(app="tests.server.apps:hello")
+
+
+def test_every_flag_reaches_its_config_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.server.cli import build_config
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.0.2.1")
+    config = build_config(
+        _parse(
+            "--factory", "--host", "::1", "--port", "0", "--uds", "/tmp/t.sock",
+            "--backlog", "7", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem",
+            "--ssl-keyfile-password", "pw", "--workers", "3", "--reload",
+            "--reload-dir", "a", "--reload-dir", "b", "--loop", "asyncio", "--lifespan", "off",
+            "--root-path", "/api", "--proxy-headers", "--no-access-log", "--log-level", "debug",
+            "--max-header-size", "8KiB", "--max-header-count", "5", "--max-body-size", "1M",
+            "--max-connections", "9", "--max-pipeline", "2", "--write-high-water", "2KiB",
+            "--header-timeout", "1.5", "--keepalive-timeout", "2", "--body-timeout", "3",
+            "--graceful-timeout", "4", "--application-close-timeout", "0.5",
+            "--ws-max-message-size", "2MiB", "--ws-max-frame-size", "4KiB",
+            "--ws-max-fragments", "8", "--ws-ping-interval", "0", "--ws-ping-timeout", "6",
+            "--ws-handshake-timeout", "7", "--no-ws-per-message-deflate",
+            "--ws-max-send-buffer", "1GiB", "--ws-max-queue", "3",
+        )
+    )  # fmt: skip
+    assert (config.factory, config.host, config.port, config.uds) == (True, "::1", 0, "/tmp/t.sock")
+    assert (config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password) == (
+        "c.pem",
+        "k.pem",
+        "pw",
+    )
+    assert (config.workers, config.reload, config.reload_dirs) == (3, True, ("a", "b"))
+    assert (config.loop, config.lifespan, config.root_path) == ("asyncio", "off", "/api")
+    assert config.proxy_headers is True
+    assert config.forwarded_allow_ips == ("10.0.0.0/8", "192.0.2.1")
+    assert (config.access_log, config.log_level) == (False, "debug")
+    lim, t, ws = config.limits, config.timeouts, config.websocket
+    assert (lim.max_header_size, lim.max_header_count, lim.max_body_size) == (8192, 5, 1 << 20)
+    assert (lim.max_connections, lim.max_pipeline, lim.write_high_water) == (9, 2, 2048)
+    assert lim.backlog == 7
+    assert (t.header, t.keepalive, t.body, t.graceful, t.application_close) == (
+        1.5,
+        2.0,
+        3.0,
+        4.0,
+        0.5,
+    )
+    assert (ws.max_message_size, ws.max_frame_size, ws.max_fragments) == (2 << 20, 4096, 8)
+    assert (ws.ping_interval, ws.ping_timeout, ws.handshake_timeout) == (None, 6.0, 7.0)
+    assert ws.per_message_deflate is False
+    assert (ws.max_send_buffer, ws.max_queue) == (1 << 30, 3)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [option for option in OPTIONS if option.bounds],
+    ids=lambda o: o.flag,
+)
+def test_each_bound_is_checked_and_names_the_flag(option: Option) -> None:
+    from tidings.server.cli import build_config
+    from tidings.server.config import ConfigError
+
+    assert option.bounds is not None
+    low, high = option.bounds
+    for value in (low, high):
+        build_config(_parse(option.flag, str(value)))
+    # A size below 0 is refused by the parser itself (see --max-body-size lots, above).
+    too_low = [] if low == 0 and option.kind is SIZE else [low - 1]
+    for value in [*too_low, high + 1]:
+        with pytest.raises(ConfigError) as info:
+            build_config(_parse(option.flag, str(value)))
+        assert str(info.value) == (
+            f"{option.flag} must be an integer from {low} to {high}, not {value!r}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lifespan": "sometimes"}, "--lifespan must be auto, on or off"),
+        ({"log_level": "loud"}, "--log-level 'loud' is not a log level"),
+        ({"port": True}, "--port must be an integer from 0 to 65535, not True"),
+        ({"uds": "t.sock", "fd": 3}, "--uds and --fd cannot be used together"),
+        ({"root_path": "/api/"}, "--root-path must start with '/' and not end with '/'"),
+        (
+            {"forwarded_allow_ips": ("*", "proxy")},
+            "--forwarded-allow-ips: 'proxy' is not an IP address or network",
+        ),
+        (
+            {"timeouts": Timeouts(header=0)},
+            "--header-timeout must be a positive number of seconds, not 0",
+        ),
+        (
+            {"websocket": WebSocketSettings(handshake_timeout=0.0)},
+            "--ws-handshake-timeout must be a positive number of seconds, not 0.0",
+        ),
+        (
+            {"websocket": WebSocketSettings(ping_interval=-1.0)},
+            "--ws-ping-interval must be positive (or 0 to disable), not -1.0",
+        ),
+    ],
+)
+def test_config_keywords_are_checked_naming_the_flag(
+    changes: dict[str, object], message: str
+) -> None:
+    """The checks run on every Config, however built (keywords here, not flags)."""
+    from tidings.server.config import Config, ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Config(app="app:app", **changes)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert Config(app="app:app", log_level="INFO").log_level == "INFO"

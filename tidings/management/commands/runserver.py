@@ -49,8 +49,8 @@ from django.core.management.commands.runserver import Command as RunserverComman
 from django.db import connections
 from django.utils import autoreload
 
-from tidings import __version__
 from tidings._types import ASGIApp
+from tidings._version import __version__
 from tidings.routing import get_default_application
 from tidings.server.config import Config, ConfigError, Timeouts
 from tidings.server.logconfig import configure_logging

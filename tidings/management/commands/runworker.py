@@ -10,15 +10,14 @@ the command with a message naming the problem and exit status 1.
 from __future__ import annotations
 
 from argparse import ArgumentParser
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from tidings.exceptions import InvalidChannelLayerError
-from tidings.layers import DEFAULT_CHANNEL_LAYER, get_channel_layer
+from tidings.layers import DEFAULT_CHANNEL_LAYER
 from tidings.routing import get_default_application
-from tidings.worker import Worker
+from tidings.worker import _run_command
 
 __all__ = ["Command"]
 
@@ -37,30 +36,27 @@ class Command(BaseCommand):
         parser.add_argument("channels", nargs="+", help="Channel names to serve.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        alias: str = options["layer"]
         try:
             application = get_default_application()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        try:
-            layer = get_channel_layer(alias)
-        except InvalidChannelLayerError as exc:
-            raise CommandError(f"Channel layer {alias!r}: {exc}") from exc
-        if layer is None:
-            raise CommandError("No channel layer is configured (CHANNEL_LAYERS is empty).")
-        try:
-            worker = Worker(application, options["channels"], layer)
-        except (TypeError, ValueError) as exc:
-            raise CommandError(str(exc)) from exc
+        verbose = options["verbosity"] >= 1
 
-        def announce() -> None:
-            if options["verbosity"] >= 1:
-                self.stdout.write(
-                    f"Running worker for channels {', '.join(worker.channels)} "
-                    f"on channel layer {alias!r}"
-                )
+        def announce(line: str) -> None:
+            if verbose:
+                self.stdout.write(line)
                 self.stdout.flush()
 
-        worker.run(on_started=announce)
-        if options["verbosity"] >= 1:
+        def fail(message: str) -> NoReturn:
+            # Django's commands start their messages with a capital letter.
+            raise CommandError(message[:1].upper() + message[1:])
+
+        _run_command(
+            application,
+            options["channels"],
+            layer_alias=options["layer"],
+            announce=announce,
+            fail=fail,
+        )
+        if verbose:
             self.stdout.write("Worker stopped.")
