@@ -146,15 +146,15 @@ async def test_members_that_left_get_nothing_and_are_unregistered() -> None:
         staying, leaving = await join(srv.port, 2)
         await leaving.close()
         await asyncio.sleep(0.1)
-        assert len(layer._direct) == 1  # type: ignore[attr-defined]
+        assert len(layer._mailboxes.direct) == 1  # type: ignore[attr-defined]
         await layer.group_send("room", {"type": "websocket.send", "text": "still here"})
         assert await asyncio.wait_for(staying.recv(), GUARD) == "still here"
         await staying.close()
         for _ in range(100):
-            if not layer._direct:  # type: ignore[attr-defined]
+            if not layer._mailboxes.direct:  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.02)
-        assert layer._direct == {}  # type: ignore[attr-defined]
+        assert layer._mailboxes.direct == {}  # type: ignore[attr-defined]
 
 
 async def test_send_nowait_refuses_what_only_send_may_handle() -> None:

@@ -112,7 +112,7 @@ def inmemory_backend(fake_clock: FakeClock) -> LayerBackend:
 
     def make(**options: Any) -> BaseChannelLayer:
         layer = InMemoryChannelLayer(**options)
-        layer._clock = fake_clock
+        layer._mailboxes.clock = fake_clock
         return layer
 
     async def advance(seconds: float) -> None:

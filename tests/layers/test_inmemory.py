@@ -29,7 +29,7 @@ GUARD = 5.0
 @pytest.fixture
 def layer(fake_clock: FakeClock) -> InMemoryChannelLayer:
     layer = InMemoryChannelLayer(expiry=10, group_expiry=100)
-    layer._clock = fake_clock
+    layer._mailboxes.clock = fake_clock
     return layer
 
 
@@ -169,19 +169,19 @@ async def test_expired_members_leave_their_groups(
     fake_clock.advance(1.5)  # the first message to "dead" expired unread
     await layer.group_send("room", {"type": "m3"})
     assert layer.groups == {"room": {"alive": pytest.approx(1000.0)}}
-    assert layer._memberships == {"alive": {"room"}}
+    assert layer._mailboxes.memberships == {"alive": {"room"}}
 
 
 async def test_expiry_seen_by_send_drops_memberships(
     fake_clock: FakeClock,
 ) -> None:
     layer = InMemoryChannelLayer(expiry=10)
-    layer._clock = fake_clock
+    layer._mailboxes.clock = fake_clock
     await layer.send("warmup", {"type": "m"})  # runs the first sweep
     await layer.group_add("room", "slow")
     await layer.send("slow", {"type": "old"})
     fake_clock.advance(10)
-    layer._next_sweep = fake_clock.now + 100  # no sweep: send itself must notice
+    layer._mailboxes.next_sweep = fake_clock.now + 100  # no sweep: send itself must notice
     await layer.send("slow", {"type": "new"})
     assert "room" not in layer.groups
     assert await layer.receive("slow") == {"type": "new"}
@@ -194,7 +194,7 @@ async def test_expiry_seen_by_receive_drops_memberships(
     await layer.group_add("room", "slow")
     await layer.send("slow", {"type": "old"})
     fake_clock.advance(10)
-    layer._next_sweep = fake_clock.now + 100
+    layer._mailboxes.next_sweep = fake_clock.now + 100
     task = asyncio.create_task(layer.receive("slow"))
     await asyncio.sleep(0)
     assert not task.done()
@@ -211,7 +211,7 @@ async def test_stale_memberships_are_swept_without_group_send(
     fake_clock.advance(100)
     layer.receive_nowait("trigger")
     assert layer.groups == {}
-    assert layer._memberships == {}
+    assert layer._mailboxes.memberships == {}
 
 
 async def test_group_discard_cleans_both_indexes(layer: InMemoryChannelLayer) -> None:
@@ -219,17 +219,17 @@ async def test_group_discard_cleans_both_indexes(layer: InMemoryChannelLayer) ->
     await layer.group_add("lobby", "a")
     await layer.group_discard("room", "a")
     assert layer.groups == {"lobby": {"a": pytest.approx(1000.0)}}
-    assert layer._memberships == {"a": {"lobby"}}
+    assert layer._mailboxes.memberships == {"a": {"lobby"}}
     await layer.group_discard("lobby", "a")
     assert layer.groups == {}
-    assert layer._memberships == {}
+    assert layer._mailboxes.memberships == {}
 
 
 async def test_flush_clears_state(layer: InMemoryChannelLayer) -> None:
     await layer.send("a", {"type": "m"})
     await layer.group_add("room", "a")
     await layer.flush()
-    assert (layer.channels, layer.groups, layer._memberships) == ({}, {}, {})
+    assert (layer.channels, layer.groups, layer._mailboxes.memberships) == ({}, {}, {})
 
 
 # -- group_send cost ---------------------------------------------------------------
@@ -383,7 +383,7 @@ def test_a_receiver_whose_loop_closed_does_not_swallow_messages() -> None:
     # any allocation, even inside one of the layer's locked sections: its
     # clean-up must not take the lock (a deadlock if it did).
     def collect_while_locked() -> None:
-        with layer._lock:
+        with layer._mailboxes.lock:
             orphans.clear()
             gc.collect()
 

@@ -1104,7 +1104,7 @@ async def test_close_releases_connections_and_allows_reuse(
     await layer.send("jobs", {"type": "job"})
     assert await receive(layer, "jobs") == {"type": "job"}
     assert await clients() > before
-    readers = layer._readers
+    readers = layer._receiver.readers
     await layer.close()
     assert readers is not None and all(task.done() for task in readers.tasks)
 

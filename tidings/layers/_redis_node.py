@@ -1,13 +1,13 @@
 """This node's side of the Redis channel layer: its receive loops and what they keep.
 
-:class:`NodeSide` is the half of :class:`~tidings.layers.redis.RedisChannelLayer`
-that runs in the background: one receive loop per shard that routes the
-node's inbox entries into its memory (listening on the inbox's pub/sub
-channel with the lean client, else waiting on the inbox list), the node's
-memberships and full-channel reports and their registration again after
-Redis lost data, and the mapping of client errors to
-:class:`RedisUnavailable`. The theory of operation is in
-:mod:`tidings.layers.redis`.
+:class:`NodeReceiver`, which :class:`~tidings.layers.redis.RedisChannelLayer`
+composes, holds the shards' keys and clients and runs in the background:
+one receive loop per shard (:class:`_InboxReader`) that routes the node's
+inbox entries into its mailboxes (listening on the inbox's pub/sub channel
+with the lean client, else waiting on the inbox list), the node's
+full-channel reports, the registration again of its memberships after Redis
+lost data, and the mapping of client errors to :class:`RedisUnavailable`.
+The theory of operation is in :mod:`tidings.layers.redis`.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidings.exceptions import ChannelFull, ChannelLayerUnavailable
+from tidings.layers._mailboxes import Mailboxes
 from tidings.layers._redis_codec import Codec, UnreadableMessage
 from tidings.layers._redis_hosts import HostClients, HostSpec, jump_hash
 from tidings.layers._redis_loops import LoopClients, LoopState, cancel_task
 from tidings.layers._redis_scripts import ENTRY_HEAD, GROUP_ADD, POP, Keys, Script
 from tidings.layers._resp import RespClient, RespConnection
-from tidings.layers.inmemory import InMemoryChannelLayer
 
 __all__ = [
     "BACKOFF_MAX",
@@ -48,7 +48,7 @@ __all__ = [
     "MARKER_CHECK_INTERVAL",
     "MARKER_TTL",
     "READER_GRACE",
-    "NodeSide",
+    "NodeReceiver",
     "RedisUnavailable",
     "node_of_channel",
 ]
@@ -202,36 +202,63 @@ class _Listener:
             self.connection.close()
 
 
-class NodeSide:
-    """The background half of ``RedisChannelLayer`` (a mixin; see the module docstring)."""
+class NodeReceiver:
+    """This node's side of the Redis layer, which ``RedisChannelLayer`` composes.
 
-    # Set by RedisChannelLayer.__init__.
-    hosts: list[HostSpec]
-    expiry: float
-    group_expiry: float
-    _node: str
-    _keys: list[Keys]
-    _shard_count: int
-    _shard_host: list[int]
-    _publish: str
-    _expiry_ms: int
-    _group_expiry_ms: int
-    _local: InMemoryChannelLayer
-    _codec: Codec
-    _lock: threading.Lock
-    _loops: LoopClients
-    _readers: _Readers | None
-    _memberships: dict[str, dict[str, float]]
-    _full: dict[str, float]
-    _background: set[asyncio.Task[None]]
+    It owns the shards' keys and clients, the receive loops that route the
+    node's inbox entries into its :class:`~tidings.layers._mailboxes.Mailboxes`,
+    the full-channel reports and the registration again after Redis lost data.
 
-    async def _stop_readers(self) -> _Readers | None:
+    Args:
+        node_id: this node's id (the process part of its channel names).
+        hosts: the parsed Redis deployments (one shard per host, or a cluster's).
+        prefix: prefix of every key.
+        expiry: seconds a message may wait unread.
+        group_expiry: seconds a membership lasts after its last ``group_add``.
+        codec: the layer's serializer and encryption.
+        mailboxes: this node's queues and memberships.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        hosts: list[HostSpec],
+        *,
+        prefix: str,
+        expiry: float,
+        group_expiry: float,
+        codec: Codec,
+        mailboxes: Mailboxes,
+    ) -> None:
+        self.id = node_id
+        self.hosts = hosts
+        # Shards: one per host, or the hash tags of a cluster.
+        cluster = hosts[0].kind == "cluster"
+        self.shard_count = hosts[0].shards if cluster else len(hosts)
+        self.shard_host = [0 if cluster else shard for shard in range(self.shard_count)]
+        self.keys = [Keys(prefix, shard) for shard in range(self.shard_count)]
+        # Scripts publish entries to listening nodes, except in a cluster (where
+        # PUBLISH goes to every node of the cluster).
+        self.publish = "" if cluster else "1"
+        self.expiry = expiry
+        self.expiry_ms = max(1, round(expiry * 1000))
+        self.group_expiry_ms = max(1, round(group_expiry * 1000))
+        self.codec = codec
+        self.mailboxes = mailboxes
+        self.loops = LoopClients(hosts)
+        self.lock = threading.Lock()
+        self.readers: _Readers | None = None
+        # This node's channels reported full in Redis: channel -> time.monotonic() of the report.
+        self.full: dict[str, float] = {}
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def stop_readers(self) -> _Readers | None:
         """Stop this node's receive loops (waiting for them if they run in this loop).
 
         Returns them if they were running, else ``None``.
         """
-        with self._lock:
-            readers, self._readers = self._readers, None
+        with self.lock:
+            readers, self.readers = self.readers, None
         if readers is None or not readers.alive():
             return None
         readers.stop()
@@ -243,286 +270,164 @@ class NodeSide:
 
     # -- shards, clients and scripts ----------------------------------------
 
-    def _shard_of(self, name: str) -> int:
-        return jump_hash(name, self._shard_count)
+    def shard_of(self, name: str) -> int:
+        return jump_hash(name, self.shard_count)
 
-    def _home_shard(self, node: str) -> int:
-        return jump_hash(node, self._shard_count)
+    def home_shard(self, node: str) -> int:
+        return jump_hash(node, self.shard_count)
 
-    def _block_timeout(self, shard: int) -> float:
-        return self.hosts[self._shard_host[shard]].block_timeout
+    def block_timeout(self, shard: int) -> float:
+        return self.hosts[self.shard_host[shard]].block_timeout
 
-    def _clients(self, shard: int) -> HostClients:
-        return self._loops.get().hosts[self._shard_host[shard]]
+    def clients(self, shard: int) -> HostClients:
+        return self.loops.get().hosts[self.shard_host[shard]]
 
     @contextlib.contextmanager
-    def _unavailable(self, shard: int) -> Iterator[None]:
+    def unavailable(self, shard: int) -> Iterator[None]:
         """Map the clients' connection errors to ``RedisUnavailable``."""
         try:
             yield
         except _UNAVAILABLE as exc:
-            raise self._unavailable_error(shard, exc) from exc
+            raise self.unavailable_error(shard, exc) from exc
 
-    def _unavailable_error(self, shard: int, exc: Exception) -> RedisUnavailable:
-        where = self.hosts[self._shard_host[shard]].describe()
+    def unavailable_error(self, shard: int, exc: Exception) -> RedisUnavailable:
+        where = self.hosts[self.shard_host[shard]].describe()
         return RedisUnavailable(f"Redis at {where} is unavailable: {exc}")
 
-    async def _run(
+    async def run(
         self, shard: int, script: Script, keys: Sequence[str], args: Sequence[object]
     ) -> Any:
         """Run ``script`` on ``shard`` (EVALSHA, loading it on NOSCRIPT)."""
-        client = self._clients(shard).main
-        try:  # (not self._unavailable: this is every send's path, and a try is cheaper)
+        client = self.clients(shard).main
+        try:  # (not self.unavailable: this is every send's path, and a try is cheaper)
             return await _evaluate(client, script, keys, args)
         except _UNAVAILABLE as exc:
-            raise self._unavailable_error(shard, exc) from exc
+            raise self.unavailable_error(shard, exc) from exc
 
     # -- this node's state --------------------------------------------------
 
-    def _remember(self, group: str, channel: str) -> bool:
-        """Record a membership of this node; return whether it existed."""
-        with self._lock:
-            members = self._memberships.setdefault(group, {})
-            existed = channel in members
-            members[channel] = time.monotonic()
-            return existed
-
-    def _forget(self, group: str, channel: str) -> None:
-        with self._lock:
-            members = self._memberships.get(group)
-            if members is not None:
-                members.pop(channel, None)
-                if not members:
-                    del self._memberships[group]
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a best-effort background update in this loop, keeping a reference to it."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
-    async def _sync_full(self, channel: str) -> None:
-        """Make the full set in Redis say what ``self._full`` says about ``channel`` now."""
-        shard = self._home_shard(self._node)
-        key = self._keys[shard].full(self._node)
+    async def sync_full(self, channel: str) -> None:
+        """Make the full set in Redis say what ``self.full`` says about ``channel`` now."""
+        shard = self.home_shard(self.id)
+        key = self.keys[shard].full(self.id)
         try:
-            client = self._clients(shard).main
-            with self._unavailable(shard):
-                if channel in self._full:
+            client = self.clients(shard).main
+            with self.unavailable(shard):
+                if channel in self.full:
                     await client.sadd(key, channel)
-                    await client.pexpire(key, self._expiry_ms)
+                    await client.pexpire(key, self.expiry_ms)
                 else:
                     await client.srem(key, channel)
         except RedisUnavailable as exc:
             logger.debug("could not update the full set for %s: %s", channel, exc)
 
-    def _mark_full(self, channel: str) -> None:
+    def mark_full(self, channel: str) -> None:
         """Report ``channel`` full in Redis (again once half the expiry has passed)."""
         now = time.monotonic()
-        with self._lock:
-            marked = self._full.get(channel)
+        with self.lock:
+            marked = self.full.get(channel)
             if marked is not None and now - marked < self.expiry / 2:
                 return
-            self._full[channel] = now
-        self._spawn(self._sync_full(channel))
+            self.full[channel] = now
+        self.spawn(self.sync_full(channel))
+
+    def unmark_full(self, channel: str) -> None:
+        """A message of ``channel`` was read: withdraw its full report from Redis."""
+        with self.lock:
+            self.full.pop(channel, None)
+        self.spawn(self.sync_full(channel))
+
+    def forget_full(self) -> None:
+        """Forget every full report (``flush`` deletes them in Redis)."""
+        with self.lock:
+            self.full.clear()
+
+    async def aclose(self) -> None:
+        """Stop the receive loops and this loop's background updates; close every client."""
+        await self.stop_readers()
+        loop = asyncio.get_running_loop()
+        waits = [task for task in self.background if task.get_loop() is loop]
+        for task in waits:
+            task.cancel()
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+        await self.loops.aclose()
 
     # -- the receive loops --------------------------------------------------
 
-    def _ensure_readers(self) -> None:
+    def ensure_readers(self) -> None:
         """Start this node's receive loops in the running loop unless they run somewhere."""
         loop = asyncio.get_running_loop()
-        readers = self._readers
+        readers = self.readers
         if readers is not None and readers.loop is loop and readers.running:
             return  # the hot path: called for every message received
-        with self._lock:
-            readers = self._readers
+        with self.lock:
+            readers = self.readers
             if readers is not None and readers.alive():
                 return
-            readers = self._readers = _Readers(loop)
+            readers = self.readers = _Readers(loop)
             readers.tasks = [
                 loop.create_task(
-                    self._read_inbox(shard, readers), name=f"tidings-redis-inbox-{shard}"
+                    self.read_inbox(shard, readers), name=f"tidings-redis-inbox-{shard}"
                 )
-                for shard in range(self._shard_count)
+                for shard in range(self.shard_count)
             ]
             for task in readers.tasks:
                 task.add_done_callback(readers.task_ended)
 
-    async def _read_inbox(self, shard: int, readers: _Readers) -> None:
+    async def read_inbox(self, shard: int, readers: _Readers) -> None:
         """Pop this node's inbox on ``shard`` and route the entries, forever."""
-        keys = self._keys[shard]
-        inbox, marker = keys.inbox(self._node), keys.marker(self._node)
-        where = self.hosts[self._shard_host[shard]].describe()
-        block_timeout = self._block_timeout(shard)
-        down_since: float | None = None
-        delay = BACKOFF_MIN
-        next_check = 0.0
-        # The run id of the server last talked to (not for a cluster, whose nodes differ).
-        identify = self.hosts[self._shard_host[shard]].kind != "cluster"
-        server: str | None = None
-        unregistered = False  # a registration again that did not finish
         try:
-            state = self._loops.get()
+            state = self.loops.get()
         except Exception:  # a client that cannot even be built: a configuration error
-            logger.exception("node %s cannot build a Redis client for %s", self._node, where)
+            where = self.hosts[self.shard_host[shard]].describe()
+            logger.exception("node %s cannot build a Redis client for %s", self.id, where)
             return
-        clients = state.hosts[self._shard_host[shard]]
-        reader = clients.reader
-        drained = False  # the last pop took what there was: wait before popping again
-        # The lean client listens on the inbox's channel (see _Listener); redis-py
-        # clients wait on the list with BLMOVE.
-        can_listen = isinstance(reader, RespClient) and self._publish == "1"
-        listens = can_listen
-        listener: _Listener | None = None
-        popped = False
-        try:
-            while not readers.stopping(state):
-                try:
-                    async with asyncio.timeout(block_timeout + READER_GRACE):
-                        if time.monotonic() >= next_check:
-                            moved = False
-                            if identify and (server is None or down_since is not None):
-                                known, server = server, await _run_id(reader)
-                                identify = server is not None
-                                moved = known is not None and server not in (None, known)
-                            if unregistered or moved or not await reader.expire(marker, MARKER_TTL):
-                                # The marker first: data lost meanwhile takes it too.
-                                unregistered = True
-                                await reader.set(marker, b"1", ex=MARKER_TTL)
-                                await self._register_again(shard, clients.main)
-                                unregistered = False
-                            if listener is not None:
-                                listener.ping()
-                            next_check = time.monotonic() + MARKER_CHECK_INTERVAL
-                        if listener is not None and listener.refused and listener.held is None:
-                            logger.warning(
-                                "node %s may not subscribe at %s (%s); it waits on its "
-                                "inbox list instead (one command more per message)",
-                                self._node,
-                                where,
-                                listener.connection and listener.connection.lost,
-                            )
-                            listener.close()
-                            listens, listener, drained = False, None, False
-                        if listens:
-                            if listener is None or (listener.lost and listener.held is None):
-                                if listener is not None:
-                                    listener.close()
-                                listener = _Listener(self._route)
-                                listener.connection = await reader.subscribe(
-                                    inbox, listener.on_push
-                                )
-                            entries = []
-                            popped = listener.woken.is_set()
-                            if popped:
-                                listener.woken.clear()
-                                entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
-                        elif drained:
-                            entries = await _wait_and_pop(reader, inbox, block_timeout)
-                        else:
-                            entries = await _evaluate(reader, POP, [inbox], [INBOX_BATCH])
-                    if down_since is not None:
-                        logger.warning(
-                            "Redis at %s is reachable again after %.1f s; node %s resumed",
-                            where,
-                            time.monotonic() - down_since,
-                            self._node,
-                        )
-                        down_since, delay = None, BACKOFF_MIN
-                    for entry in entries:
-                        self._route(entry)
-                    # A short pop means the inbox is empty; a full one, that more may wait.
-                    drained = len(entries) < INBOX_BATCH
-                    if listener is not None:
-                        if popped and not drained:
-                            listener.woken.set()  # pop on
-                        elif popped:
-                            listener.release()  # the list is empty: what was held is next
-                        if not (listener.woken.is_set() or listener.lost):
-                            wait = max(0.0, min(block_timeout, next_check - time.monotonic()))
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(listener.woken.wait(), wait)
-                except asyncio.CancelledError:
-                    raise
-                except (*_UNAVAILABLE, RedisUnavailable, TimeoutError) as exc:
-                    drained = False
-                    listens = can_listen  # a refused SUBSCRIBE is tried again after an outage
-                    if listener is not None:
-                        # Start over: subscribe again, then pop what queued meanwhile.
-                        listener.release()
-                        listener.close()
-                        listener = None
-                    if readers.stopping(state):
-                        return
-                    if down_since is None:
-                        down_since = time.monotonic()
-                        logger.warning(
-                            "Redis at %s is unreachable (%s); node %s retrying with backoff",
-                            where,
-                            exc,
-                            self._node,
-                        )
-                    next_check = 0.0
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, BACKOFF_MAX)
-                except Exception:
-                    logger.exception("unexpected error in the receive loop of node %s", self._node)
-                    await asyncio.sleep(BACKOFF_MAX)
-        finally:
-            if listener is not None:
-                listener.close()
+        await _InboxReader(self, shard, readers, state).run()
 
-    def _route(self, entry: bytes) -> None:
+    def route(self, entry: bytes) -> None:
         """Deliver one inbox entry to this node's queues or memberships (nothing awaits)."""
         kind, rest = entry[ENTRY_HEAD : ENTRY_HEAD + 1], entry[ENTRY_HEAD + 1 :]
         name, _, data = rest.partition(b" ")
-        local = self._local
+        mailboxes = self.mailboxes
         try:
             if kind == b"G":
                 group = name.decode()
-                if group in self._memberships:
-                    local._group_put(group, self._codec.read(data))
+                if group in mailboxes.groups:
+                    mailboxes.group_put(group, self.codec.read(data))
             elif kind == b"D":
                 channel = name.decode()
                 try:
-                    local._put(channel, self._codec.read(data))
+                    mailboxes.put(channel, self.codec.read(data))
                 except ChannelFull:
-                    self._mark_full(channel)
+                    self.mark_full(channel)
             elif kind == b"J":
-                group, channel = name.decode(), data.decode()
-                self._remember(group, channel)
-                local._join(group, channel)
+                mailboxes.join(name.decode(), data.decode())
             elif kind == b"L":
-                group, channel = name.decode(), data.decode()
-                self._forget(group, channel)
-                local._leave(group, channel)
+                mailboxes.leave(name.decode(), data.decode())
         except UnreadableMessage as exc:
             shown = name.decode(errors="replace")
-            self._log_unreadable(f"group {shown}" if kind == b"G" else shown, exc)
+            self.log_unreadable(f"group {shown}" if kind == b"G" else shown, exc)
         except Exception:
-            logger.exception("node %s dropped an inbox entry it could not read", self._node)
+            logger.exception("node %s dropped an inbox entry it could not read", self.id)
 
-    def _log_unreadable(self, where: str, exc: UnreadableMessage) -> None:
-        logger.error("node %s dropped a message for %s: %s", self._node, where, exc)
+    def log_unreadable(self, where: str, exc: UnreadableMessage) -> None:
+        logger.error("node %s dropped a message for %s: %s", self.id, where, exc)
 
-    async def _register_again(self, shard: int, client: Any) -> None:
+    async def register_again(self, shard: int, client: Any) -> None:
         """Register this node's live memberships and full reports on ``shard`` again."""
-        now = time.monotonic()
-        items: list[tuple[str, str, float]] = []
-        with self._lock:
-            for group, members in list(self._memberships.items()):
-                if self._shard_of(group) != shard:
-                    continue
-                for channel, added in list(members.items()):
-                    age = now - added
-                    if age >= self.group_expiry:
-                        del members[channel]
-                    else:
-                        items.append((group, channel, age))
-                if not members:
-                    del self._memberships[group]
-            full = list(self._full) if self._home_shard(self._node) == shard else []
-        keys = self._keys[shard]
+        items = [
+            item for item in self.mailboxes.live_memberships() if self.shard_of(item[0]) == shard
+        ]
+        with self.lock:
+            full = list(self.full) if self.home_shard(self.id) == shard else []
+        keys = self.keys[shard]
         for start in range(0, len(items), _REREGISTER_BATCH):
             await asyncio.gather(
                 *(
@@ -532,8 +437,8 @@ class NodeSide:
                         keys.group(group, "-"),
                         [
                             channel,
-                            self._node,
-                            self._group_expiry_ms,
+                            self.id,
+                            self.group_expiry_ms,
                             round(age * 1000),
                             1,
                             b"",
@@ -545,11 +450,176 @@ class NodeSide:
                 )
             )
         if full:
-            key = self._keys[shard].full(self._node)
+            key = self.keys[shard].full(self.id)
             await client.sadd(key, *full)
-            await client.pexpire(key, self._expiry_ms)
+            await client.pexpire(key, self.expiry_ms)
         if items:
-            logger.info("node %s registered %d memberships again", self._node, len(items))
+            logger.info("node %s registered %d memberships again", self.id, len(items))
+
+
+class _InboxReader:
+    """One shard's receive loop: takes this node's inbox entries and routes them.
+
+    It listens on the inbox's pub/sub channel with the lean client (see
+    :class:`_Listener`), else waits on the inbox list with ``BLMOVE``; every
+    ``MARKER_CHECK_INTERVAL`` it checks that Redis still holds the node's
+    data; on errors it backs off and starts over (see :meth:`recover`).
+    """
+
+    def __init__(self, side: NodeReceiver, shard: int, readers: _Readers, state: LoopState) -> None:
+        self.side = side
+        self.shard = shard
+        self.readers = readers
+        self.state = state
+        host = side.hosts[side.shard_host[shard]]
+        keys = side.keys[shard]
+        self.inbox, self.marker = keys.inbox(side.id), keys.marker(side.id)
+        self.where = host.describe()
+        self.block_timeout = host.block_timeout
+        self.clients = state.hosts[side.shard_host[shard]]
+        self.reader = self.clients.reader
+        self.down_since: float | None = None
+        self.delay = BACKOFF_MIN
+        self.next_check = 0.0
+        # The run id of the server last talked to (not for a cluster, whose nodes differ).
+        self.identify = host.kind != "cluster"
+        self.server: str | None = None
+        self.unregistered = False  # a registration again that did not finish
+        self.drained = False  # the last pop took what there was: wait before popping again
+        # The lean client listens on the inbox's channel (see _Listener); redis-py
+        # clients wait on the list with BLMOVE.
+        self.can_listen = isinstance(self.reader, RespClient) and side.publish == "1"
+        self.listens = self.can_listen
+        self.listener: _Listener | None = None
+        self.popped = False
+
+    async def run(self) -> None:
+        """Take and route entries until the node stops reading."""
+        try:
+            while not self.readers.stopping(self.state):
+                try:
+                    await self.step()
+                except asyncio.CancelledError:
+                    raise
+                except (*_UNAVAILABLE, RedisUnavailable, TimeoutError) as exc:
+                    if not await self.recover(exc):
+                        return
+                except Exception:
+                    logger.exception(
+                        "unexpected error in the receive loop of node %s", self.side.id
+                    )
+                    await asyncio.sleep(BACKOFF_MAX)
+        finally:
+            if self.listener is not None:
+                self.listener.close()
+
+    async def step(self) -> None:
+        """Check the marker when due, take a batch of entries, route them, maybe wait."""
+        async with asyncio.timeout(self.block_timeout + READER_GRACE):
+            if time.monotonic() >= self.next_check:
+                await self.check_marker()
+            self.stop_listening_if_refused()
+            entries = await self.fetch()
+        if self.down_since is not None:
+            logger.warning(
+                "Redis at %s is reachable again after %.1f s; node %s resumed",
+                self.where,
+                time.monotonic() - self.down_since,
+                self.side.id,
+            )
+            self.down_since, self.delay = None, BACKOFF_MIN
+        route = self.side.route
+        for entry in entries:
+            route(entry)
+        # A short pop means the inbox is empty; a full one, that more may wait.
+        self.drained = len(entries) < INBOX_BATCH
+        if self.listener is not None:
+            await self.listen(self.listener)
+
+    async def check_marker(self) -> None:
+        """Register the node again if Redis lost its data or is another server now."""
+        reader = self.reader
+        moved = False
+        if self.identify and (self.server is None or self.down_since is not None):
+            known, self.server = self.server, await _run_id(reader)
+            self.identify = self.server is not None
+            moved = known is not None and self.server not in (None, known)
+        if self.unregistered or moved or not await reader.expire(self.marker, MARKER_TTL):
+            # The marker first: data lost meanwhile takes it too.
+            self.unregistered = True
+            await reader.set(self.marker, b"1", ex=MARKER_TTL)
+            await self.side.register_again(self.shard, self.clients.main)
+            self.unregistered = False
+        if self.listener is not None:
+            self.listener.ping()
+        self.next_check = time.monotonic() + MARKER_CHECK_INTERVAL
+
+    def stop_listening_if_refused(self) -> None:
+        """Wait on the list from now on if Redis refused the subscription."""
+        listener = self.listener
+        if listener is None or not listener.refused or listener.held is not None:
+            return
+        logger.warning(
+            "node %s may not subscribe at %s (%s); it waits on its "
+            "inbox list instead (one command more per message)",
+            self.side.id,
+            self.where,
+            listener.connection and listener.connection.lost,
+        )
+        listener.close()
+        self.listens, self.listener, self.drained = False, None, False
+
+    async def fetch(self) -> Any:
+        """Take the next batch of entries: popped when woken, or after a wait on the list."""
+        if self.listens:
+            listener = self.listener
+            if listener is None or (listener.lost and listener.held is None):
+                if listener is not None:
+                    listener.close()
+                listener = self.listener = _Listener(self.side.route)
+                listener.connection = await self.reader.subscribe(self.inbox, listener.on_push)
+            self.popped = listener.woken.is_set()
+            if not self.popped:
+                return []
+            listener.woken.clear()
+        elif self.drained:
+            return await _wait_and_pop(self.reader, self.inbox, self.block_timeout)
+        return await _evaluate(self.reader, POP, [self.inbox], [INBOX_BATCH])
+
+    async def listen(self, listener: _Listener) -> None:
+        """After a batch: pop on, release what was held, or wait for a wake-up."""
+        if self.popped and not self.drained:
+            listener.woken.set()  # pop on
+        elif self.popped:
+            listener.release()  # the list is empty: what was held is next
+        if not (listener.woken.is_set() or listener.lost):
+            wait = max(0.0, min(self.block_timeout, self.next_check - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.woken.wait(), wait)
+
+    async def recover(self, exc: Exception) -> bool:
+        """Start over after ``exc``, with backoff; return False if the loop should end."""
+        self.drained = False
+        self.listens = self.can_listen  # a refused SUBSCRIBE is tried again after an outage
+        if self.listener is not None:
+            # Start over: subscribe again, then pop what queued meanwhile.
+            self.listener.release()
+            self.listener.close()
+            self.listener = None
+        if self.readers.stopping(self.state):
+            return False
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            logger.warning(
+                "Redis at %s is unreachable (%s); node %s retrying with backoff",
+                self.where,
+                exc,
+                self.side.id,
+            )
+        self.next_check = 0.0
+        await asyncio.sleep(self.delay * (0.5 + random.random()))
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+        return True
 
 
 async def _run_id(client: Any) -> str | None:

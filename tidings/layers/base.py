@@ -36,6 +36,7 @@ from tidings.layers._names import (
     check_group_name,
     non_local_name,
 )
+from tidings.layers._options import positive_int, positive_number
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -57,20 +58,6 @@ DEFAULT_EXPIRY: float = 60
 
 DEFAULT_CAPACITY: int = 100
 """Messages a channel may hold before ``send`` raises ``ChannelFull`` (Channels' default)."""
-
-
-def _positive_number(name: str, value: object) -> float:
-    """Return ``value`` if it is a positive int or float, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return value
-
-
-def _positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-    return value
 
 
 class ChannelSource:
@@ -160,8 +147,8 @@ class BaseChannelLayer:
         capacity: int = DEFAULT_CAPACITY,
         channel_capacity: Mapping[CapacityPattern, int] | None = None,
     ) -> None:
-        self.expiry: float = _positive_number("expiry", expiry)
-        self.capacity: int = _positive_int("capacity", capacity)
+        self.expiry: float = positive_number("expiry", expiry)
+        self.capacity: int = positive_int("capacity", capacity)
         self.channel_capacity: list[tuple[re.Pattern[str], int]] = self.compile_capacities(
             channel_capacity or {}
         )
@@ -192,7 +179,7 @@ class BaseChannelLayer:
                     "channel_capacity keys must be glob strings or compiled regexes, "
                     f"not {type(pattern).__name__}"
                 )
-            compiled.append((regex, _positive_int(f"channel_capacity[{pattern!r}]", capacity)))
+            compiled.append((regex, positive_int(f"channel_capacity[{pattern!r}]", capacity)))
         return compiled
 
     def get_capacity(self, channel: str) -> int:

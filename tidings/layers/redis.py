@@ -17,7 +17,7 @@ channels ``"<prefix>.<node>!<random>"``, so any process can tell from a
 channel's name which node reads it.
 
 **Local channels** (those with ``!``) are read only by their node. The node
-keeps their queues in memory, in an :class:`~tidings.layers.InMemoryChannelLayer`
+keeps their queues in memory, in a :class:`~tidings.layers._mailboxes.Mailboxes`
 (capacity, expiry, cancellation-safe receives, wake-ups across event loops
 and threads), together with the memberships of its channels. A send to a
 channel of the sender's own node never touches Redis. A send to another
@@ -71,9 +71,11 @@ starts a fresh ``expiry`` there (its time in the inbox, normally
 milliseconds, is not deducted), and a node's queues drop what expires
 unread, so buffers of channels nobody reads stay bounded (``capacity``)
 and are reclaimed. A channel whose message expired unread stays in its
-groups (channels_redis' rule; the in-memory layer's differs, see
-``_NodeQueues``), as Redis still lists it. Messages are serialized even between channels of one
-node, so they behave the same wherever their reader runs.
+groups (channels_redis' rule, a parameter of the mailboxes; the in-memory
+layer's differs), as Redis still lists it. Messages are serialized even
+between channels of one node, so they behave the same wherever their reader
+runs; the decoded message is queued as it is (nobody else holds it) and each
+receiver gets its own copy.
 
 **Capacity.** Shared channels: checked in the send script. Local channels:
 exact for senders of the same node; a remote sender gets ``ChannelFull``
@@ -123,15 +125,15 @@ import asyncio
 import contextlib
 import re
 import secrets
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from tidings.exceptions import ChannelFull
+from tidings.layers._mailboxes import Mailboxes
 from tidings.layers._names import check_name_prefix
+from tidings.layers._options import positive_int, positive_number
 from tidings.layers._redis_codec import Codec, UnreadableMessage
 from tidings.layers._redis_hosts import HostSpec, parse_hosts
-from tidings.layers._redis_loops import LoopClients
 from tidings.layers._redis_node import (
     BACKOFF_MAX,
     BACKOFF_MIN,
@@ -139,9 +141,8 @@ from tidings.layers._redis_node import (
     MARKER_CHECK_INTERVAL,
     MARKER_TTL,
     READER_GRACE,
-    NodeSide,
+    NodeReceiver,
     RedisUnavailable,
-    _Readers,
     node_of_channel,
 )
 from tidings.layers._redis_scripts import (
@@ -151,7 +152,6 @@ from tidings.layers._redis_scripts import (
     GROUP_SEND,
     POP,
     SEND,
-    Keys,
 )
 from tidings.layers.base import (
     DEFAULT_CAPACITY,
@@ -160,10 +160,8 @@ from tidings.layers.base import (
     CapacityPattern,
     ChannelSource,
     Message,
-    _positive_int,
-    _positive_number,
 )
-from tidings.layers.inmemory import DEFAULT_GROUP_EXPIRY, InMemoryChannelLayer
+from tidings.layers.inmemory import DEFAULT_GROUP_EXPIRY
 
 __all__ = [
     "BACKOFF_MAX",
@@ -186,17 +184,7 @@ _CHECKED_NAMES: Final = 65536  # checked names remembered, then forgotten all at
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
-class _NodeQueues(InMemoryChannelLayer):
-    """This node's queues and memberships, under channels_redis' expiry rule.
-
-    A channel whose message expired unread stays in its groups (until
-    ``group_discard`` or ``group_expiry``), as Redis still lists it there.
-    """
-
-    _leave_groups_on_expiry = False
-
-
-class RedisChannelLayer(NodeSide, BaseChannelLayer):
+class RedisChannelLayer(BaseChannelLayer):
     """A channel layer on Redis: many processes, many hosts, per-node group fan-out.
 
     Args:
@@ -241,41 +229,36 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         inbox_capacity: int = DEFAULT_INBOX_CAPACITY,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        self.group_expiry: float = _positive_number("group_expiry", group_expiry)
+        self.group_expiry: float = positive_number("group_expiry", group_expiry)
         if not isinstance(prefix, str) or not prefix or re.search(r"[{}\s]", prefix):
             raise ValueError(f"prefix must be a non-empty str without braces, not {prefix!r}")
         self.prefix = prefix
-        self.inbox_capacity = _positive_int("inbox_capacity", inbox_capacity)
-        length = _positive_int("random_prefix_length", random_prefix_length)
+        self.inbox_capacity = positive_int("inbox_capacity", inbox_capacity)
+        length = positive_int("random_prefix_length", random_prefix_length)
         if not 8 <= length <= 32:
             raise ValueError(f"random_prefix_length must be between 8 and 32, not {length}")
         self.hosts: list[HostSpec] = parse_hosts(hosts)
         self._codec = Codec(serializer_format, symmetric_encryption_keys, expiry=self.expiry)
         self._node = secrets.token_hex(16)[:length]
-        # Shards: one per host, or the hash tags of a cluster.
-        cluster = self.hosts[0].kind == "cluster"
-        self._shard_count = self.hosts[0].shards if cluster else len(self.hosts)
-        self._shard_host = [0 if cluster else shard for shard in range(self._shard_count)]
-        self._keys = [Keys(prefix, shard) for shard in range(self._shard_count)]
-        # Scripts publish entries to listening nodes, except in a cluster (where
-        # PUBLISH goes to every node of the cluster).
-        self._publish = "" if cluster else "1"
-        self._expiry_ms = max(1, round(self.expiry * 1000))
-        self._group_expiry_ms = max(1, round(self.group_expiry * 1000))
-        self._local = _NodeQueues(
-            expiry=expiry,
-            group_expiry=group_expiry,
-            capacity=capacity,
-            channel_capacity=channel_capacity,
+        # This node's queues and memberships (group -> {channel: time of the add}),
+        # under channels_redis' rule: a channel whose message expired unread stays
+        # in its groups (until group_discard or group_expiry), as Redis lists it there.
+        self._mailboxes = Mailboxes(
+            expiry=self.expiry,
+            group_expiry=self.group_expiry,
+            capacity_of=self.get_capacity,
+            leave_groups_on_expiry=False,
         )
-        self._lock = threading.Lock()
-        self._loops = LoopClients(self.hosts)
-        self._readers: _Readers | None = None
-        # Memberships of this node's channels: group -> {channel: time.monotonic() of the add}.
-        self._memberships: dict[str, dict[str, float]] = {}
-        # This node's channels reported full in Redis: channel -> time.monotonic() of the report.
-        self._full: dict[str, float] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        # Shards, clients, receive loops and full reports.
+        self._receiver = NodeReceiver(
+            self._node,
+            self.hosts,
+            prefix=prefix,
+            expiry=self.expiry,
+            group_expiry=self.group_expiry,
+            codec=self._codec,
+            mailboxes=self._mailboxes,
+        )
         # Names of this node's channels that receive() has checked (a receive loop
         # calls it per message; the checks cost more than the wait's bookkeeping).
         self._checked: set[str] = set()
@@ -302,16 +285,22 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         if "!" in channel:
             node = node_of_channel(channel)
             if node == self._node:
-                await self._local.send(channel, self._codec.loads(payload))
+                self._mailboxes.put(channel, self._codec.loads(payload))
                 return
-            shard = self._home_shard(node)
-            keys = self._keys[shard]
+            shard = self._receiver.home_shard(node)
+            keys = self._receiver.keys[shard]
             body = b"D" + channel.encode() + b" " + self._codec.seal(payload)
-            queued = await self._run(
+            queued = await self._receiver.run(
                 shard,
                 SEND,
                 [keys.inbox(node), keys.full(node)],
-                [self._expiry_ms, self.inbox_capacity, body, channel, self._publish],
+                [
+                    self._receiver.expiry_ms,
+                    self.inbox_capacity,
+                    body,
+                    channel,
+                    self._receiver.publish,
+                ],
             )
         else:
             queued = await self._send_shared(channel, self._codec.seal(payload))
@@ -319,10 +308,10 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             raise ChannelFull(f"channel {channel!r} is full")
 
     async def _send_shared(self, channel: str, sealed: bytes) -> bool:
-        shard = self._shard_of(channel)
-        key = self._keys[shard].channel(channel)
-        args = [self._expiry_ms, self.get_capacity(channel), sealed, "", ""]
-        return bool(await self._run(shard, SEND, [key, key], args))
+        shard = self._receiver.shard_of(channel)
+        key = self._receiver.keys[shard].channel(channel)
+        args = [self._receiver.expiry_ms, self.get_capacity(channel), sealed, "", ""]
+        return bool(await self._receiver.run(shard, SEND, [key, key], args))
 
     async def receive(self, channel: str) -> Message:
         """Wait for the next message on ``channel`` and return it.
@@ -349,12 +338,10 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
             if len(self._checked) >= _CHECKED_NAMES:
                 self._checked.clear()
             self._checked.add(channel)
-        self._ensure_readers()
-        message = await self._local._receive(channel)
-        if channel in self._full:
-            with self._lock:
-                self._full.pop(channel, None)
-            self._spawn(self._sync_full(channel))
+        self._receiver.ensure_readers()
+        message = await self._mailboxes.take(channel)
+        if channel in self._receiver.full:
+            self._receiver.unmark_full(channel)
         return message
 
     def channel_source(self, channel: str) -> ChannelSource:
@@ -366,9 +353,8 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         self.require_valid_channel_name(channel)
         if "!" not in channel or node_of_channel(channel) != self._node:
             return ChannelSource(channel, self.receive)
-        return ChannelSource(
-            channel, self.receive, self._poll, self._local.watch, self._local.unwatch
-        )
+        mailboxes = self._mailboxes
+        return ChannelSource(channel, self.receive, self._poll, mailboxes.watch, mailboxes.unwatch)
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
         """Direct delivery of ``websocket.send`` group messages to a socket of this node.
@@ -376,7 +362,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         See :meth:`InMemoryChannelLayer.set_direct`; channels of other nodes are ignored.
         """
         if "!" in channel and node_of_channel(channel) == self._node:
-            self._local.set_direct(channel, send_now)
+            self._mailboxes.set_direct(channel, send_now)
 
     def _poll(self, channel: str) -> Message | None:
         """Non-blocking receive on a channel of this node (see ``channel_source``).
@@ -384,33 +370,31 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         MessageMux polls before every wait, so this also (re)starts the receive
         loops that will fill the channel.
         """
-        self._ensure_readers()
-        message = self._local._receive_nowait(channel)
-        if message is not None and channel in self._full:
-            with self._lock:
-                self._full.pop(channel, None)
-            self._spawn(self._sync_full(channel))
+        self._receiver.ensure_readers()
+        message = self._mailboxes.take_nowait(channel)
+        if message is not None and channel in self._receiver.full:
+            self._receiver.unmark_full(channel)
         return message
 
     async def _receive_shared(self, channel: str) -> Message:
-        shard = self._shard_of(channel)
-        key = self._keys[shard].channel(channel)
+        shard = self._receiver.shard_of(channel)
+        key = self._receiver.keys[shard].channel(channel)
         task = asyncio.current_task()
         while True:
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for (inside redis-py) can swallow a
                 # cancellation; never take a message for a cancelled receive.
                 raise asyncio.CancelledError
-            entries = await self._run(shard, POP, [key], [1])
+            entries = await self._receiver.run(shard, POP, [key], [1])
             if entries:
                 try:
                     return self._codec.read(entries[0][ENTRY_HEAD:])
                 except UnreadableMessage as exc:
-                    self._log_unreadable(channel, exc)
+                    self._receiver.log_unreadable(channel, exc)
                     continue
-            client = self._clients(shard).main
-            with self._unavailable(shard):
-                await client.blmove(key, key, self._block_timeout(shard), "LEFT", "LEFT")
+            client = self._receiver.clients(shard).main
+            with self._receiver.unavailable(shard):
+                await client.blmove(key, key, self._receiver.block_timeout(shard), "LEFT", "LEFT")
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new channel name of this node, ``"<prefix>.<node>!<random>"``.
@@ -423,7 +407,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         check_name_prefix(prefix)
         name = f"{prefix}.{self._node}!{secrets.token_hex(12)}"
         self.require_valid_channel_name(name)
-        self._ensure_readers()
+        self._receiver.ensure_readers()
         return name
 
     # -- groups -------------------------------------------------------------
@@ -441,31 +425,29 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         control = b""
         was_member = False
         if node == self._node:
-            was_member = self._remember(group, channel)
-            await self._local.group_add(group, channel)
+            was_member = self._mailboxes.join(group, channel)
         elif node:
             control = f"J{group} {channel}".encode()
-        shard = self._shard_of(group)
+        shard = self._receiver.shard_of(group)
         try:
-            await self._run(
+            await self._receiver.run(
                 shard,
                 GROUP_ADD,
-                self._keys[shard].group(group, node or "-"),
+                self._receiver.keys[shard].group(group, node or "-"),
                 [
                     channel,
                     node,
-                    self._group_expiry_ms,
+                    self._receiver.group_expiry_ms,
                     0,
                     0,
                     control,
-                    self._expiry_ms,
-                    self._publish,
+                    self._receiver.expiry_ms,
+                    self._receiver.publish,
                 ],
             )
         except RedisUnavailable:
             if node == self._node and not was_member:
-                self._forget(group, channel)
-                await self._local.group_discard(group, channel)
+                self._mailboxes.leave(group, channel)
             raise
 
     async def group_discard(self, group: str, channel: str) -> None:
@@ -481,16 +463,15 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         node = node_of_channel(channel) if "!" in channel else ""
         control = b""
         if node == self._node:
-            self._forget(group, channel)
-            await self._local.group_discard(group, channel)
+            self._mailboxes.leave(group, channel)
         elif node:
             control = f"L{group} {channel}".encode()
-        shard = self._shard_of(group)
-        await self._run(
+        shard = self._receiver.shard_of(group)
+        await self._receiver.run(
             shard,
             GROUP_DISCARD,
-            self._keys[shard].group(group, node or "-"),
-            [channel, node, control, self._expiry_ms, self._publish],
+            self._receiver.keys[shard].group(group, node or "-"),
+            [channel, node, control, self._receiver.expiry_ms, self._receiver.publish],
         )
 
     async def group_send(self, group: str, message: Message) -> None:
@@ -508,23 +489,23 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         self.require_valid_group_name(group)
         self.require_message(message)
         payload = self._codec.dumps(message)
-        if group in self._memberships:
-            await self._local.group_send(group, self._codec.loads(payload))
-        shard = self._shard_of(group)
-        keys = self._keys[shard]
+        if group in self._mailboxes.groups:
+            self._mailboxes.group_put(group, self._codec.loads(payload))
+        shard = self._receiver.shard_of(group)
+        keys = self._receiver.keys[shard]
         sealed = self._codec.seal(payload)
-        _, shared = await self._run(
+        _, shared = await self._receiver.run(
             shard,
             GROUP_SEND,
             keys.group(group, "-")[:3],
             [
-                self._group_expiry_ms,
-                self._expiry_ms,
+                self._receiver.group_expiry_ms,
+                self._receiver.expiry_ms,
                 self.inbox_capacity,
                 b"G" + group.encode() + b" " + sealed,
                 self._node,
                 keys.inbox(""),
-                self._publish,
+                self._receiver.publish,
             ],
         )
         if shared:
@@ -542,16 +523,14 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         """
         # Stop the receive loops first: one registering memberships again
         # meanwhile would bring back what is being deleted.
-        readers = await self._stop_readers()
-        with self._lock:
-            self._memberships.clear()
-            self._full.clear()
-        await self._local.flush()
+        readers = await self._receiver.stop_readers()
+        self._receiver.forget_full()
+        self._mailboxes.clear()
         pattern = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":{*"
-        state = self._loops.get()
+        state = self._receiver.loops.get()
         for index, host in enumerate(state.hosts):
             client = host.main
-            with self._unavailable(self._shard_host.index(index)):
+            with self._receiver.unavailable(self._receiver.shard_host.index(index)):
                 batch: list[bytes] = []
                 async for key in client.scan_iter(match=pattern, count=1000):
                     batch.append(key)
@@ -561,7 +540,7 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
                 if batch:
                     await client.unlink(*batch)
         if readers is not None:
-            self._ensure_readers()
+            self._receiver.ensure_readers()
 
     async def close_pools(self) -> None:
         """Close every connection, in every event loop (channels_redis' method of that name).
@@ -569,14 +548,14 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
         The layer stays usable: receive loops that were running start again
         at once in their event loop, and other connections reopen on demand.
         """
-        readers = await self._stop_readers()
-        await self._loops.aclose()
+        readers = await self._receiver.stop_readers()
+        await self._receiver.loops.aclose()
         if readers is not None:
             if readers.loop is asyncio.get_running_loop():
-                self._ensure_readers()
+                self._receiver.ensure_readers()
             else:
                 with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
-                    readers.loop.call_soon_threadsafe(self._ensure_readers)
+                    readers.loop.call_soon_threadsafe(self._receiver.ensure_readers)
 
     def serialize(self, message: Message) -> bytes:
         """Return ``message`` as the layer stores it in Redis: serialized, then encrypted.
@@ -599,11 +578,4 @@ class RedisChannelLayer(NodeSide, BaseChannelLayer):
 
         The layer may be used again afterwards; it reconnects on demand.
         """
-        await self._stop_readers()
-        loop = asyncio.get_running_loop()
-        waits = [task for task in self._background if task.get_loop() is loop]
-        for task in waits:
-            task.cancel()
-        if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
-        await self._loops.aclose()
+        await self._receiver.aclose()
