@@ -50,8 +50,14 @@ bytes}`` writes bytes that are already complete server frames (from
 ``tidings.wire.encode_message``) as they are, so a broadcast encodes once. The scope
 advertises it under ``extensions``.
 
-What must not go here: framing or handshake rules (``tidings.wire``), HTTP parsing
-(``http11``), anything that knows about Django or channel layers.
+What the app may send, in what order and with what fields, is ``tidings._asgi``'s
+(the same rules as the session transports): ``send()`` asks it for an action and runs
+the method for that action; the accepted-phase ``websocket.send`` is the hot path,
+inline in ``send()`` with the one payload check (``send_payload``).
+
+What must not go here: framing or handshake rules (``tidings.wire``), the ASGI message
+rules (``tidings._asgi``), HTTP parsing (``http11``), anything that knows about Django
+or channel layers.
 """
 
 from __future__ import annotations
@@ -59,9 +65,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from tidings._asgi import (
+    ACCEPTED,
+    CLOSED,
+    DENYING,
+    Accept,
+    ASGIMessageError,
+    ASGIWebSocketConnection,
+    Close,
+    Refusal,
+    SendBytes,
+    SendText,
+    send_payload,
+)
 from tidings._types import ASGIApp, Message
 from tidings.server._flow import WriteFlowControl
 from tidings.server._state import (
@@ -131,6 +151,9 @@ def _shared_frame(data: str | bytes) -> bytes:
 _HANDSHAKE, _OPEN, _DONE = 0, 1, 2
 _PING_PAYLOAD: Final = b"tidings"
 _CONN_OPEN: Final = ConnectionState.OPEN
+_ACCEPTED: Final = ACCEPTED
+_DENYING: Final = DENYING
+_APP_CLOSED: Final = CLOSED
 
 
 def install(state: ServerState) -> None:
@@ -149,18 +172,6 @@ def _disconnect(code: int, reason: str = "") -> Message:
     return {"type": "websocket.disconnect", "code": code, "reason": reason}
 
 
-class _Denial:
-    """A denial response (``websocket.http.response.*``) in progress."""
-
-    __slots__ = ("chunked", "head_sent", "headers", "status")
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.headers = headers
-        self.head_sent = False
-        self.chunked = False
-
-
 class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     """One WebSocket connection after the HTTP upgrade request: the ASGI glue.
 
@@ -175,7 +186,8 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     """
 
     __slots__ = (
-        "_app_closed",
+        "_asgi",
+        "_chunked",
         "_client",
         "_conn",
         "_deadline",
@@ -246,8 +258,11 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._queue: deque[Message] = deque()
         self._waiter: asyncio.Future[Message] | None = None
         self._disconnect: Message | None = None  # set once: the connection is over (DONE)
-        self._app_closed = False
-        self._denial: _Denial | None = None
+        # The application's side (what it may send now), and the denial response whose
+        # head is written (with chunked framing or not).
+        self._asgi = ASGIWebSocketConnection(stream_denial=True)
+        self._denial: Refusal | None = None
+        self._chunked = False
         self._early: list[bytes] = []  # bytes received before websocket.accept
         self._early_size = 0
         # A protocol error that came after messages the app has not answered yet: our
@@ -330,7 +345,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 self._close(1011, "internal error")
         else:
             if self._phase == _HANDSHAKE:
-                if self._denial is None:
+                if self._asgi.phase is not _DENYING:
                     # Returning without an answer is a refusal, like websocket.close.
                     self._deny()
                 else:
@@ -380,7 +395,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             or conn is None
             or self._write_paused
             or self._lost
-            or self._app_closed
+            or self._asgi.phase is not _ACCEPTED
             or self._held is not None
             or conn.state is not _CONN_OPEN
         ):
@@ -406,35 +421,35 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         return True
 
     async def send(self, message: Message) -> None:
-        """The ASGI ``send``.
+        """The ASGI ``send``: checked by the application's state machine, then carried out.
 
         Raises:
             ClientDisconnected: the connection is closed or closing (an ``OSError``).
-            RuntimeError: the message is not valid at this point.
+            RuntimeError: the message is not valid at this point
+                (``tidings._asgi.ASGIMessageError`` for the ASGI rules).
         """
         mtype = message["type"]
-        conn = self._conn
-        if mtype == "websocket.send" and conn is not None and self._phase == _OPEN:
-            text = message.get("text")
+        if mtype == "websocket.send" and self._phase == _OPEN and self._asgi.phase is _ACCEPTED:
+            # The hot path, inline: one check of the payload, no action object, no await
+            # unless the client is slow.
+            data = send_payload(message)
+            conn = self._conn
+            assert conn is not None
             try:
-                if text is not None:
-                    if conn.compressing or type(text) is not str:
-                        conn.send_text(text)
-                    else:
-                        # A handler forwarding a group message sends the very same str
-                        # to every member: frame it once per process.
-                        conn.send_encoded(_shared_frame(text))
+                if type(data) is str and not conn.compressing:
+                    # A handler forwarding a group message sends the very same str to
+                    # every member: frame it once per process.
+                    conn.send_encoded(_shared_frame(data))
+                elif isinstance(data, str):
+                    conn.send_text(data)
                 else:
-                    data = message.get("bytes")
-                    if data is None:
-                        raise RuntimeError("websocket.send needs 'text' or 'bytes'")
                     conn.send_bytes(data)
             except ConnectionClosedError:
                 if self._held is None:
                     raise ClientDisconnected("WebSocket connection is closed") from None
                 # Answering a message that preceded the protocol error: the core is
                 # closed, so frame it here (uncompressed is valid with deflate too).
-                self.transport.write(encode_message(text if text is not None else message["bytes"]))
+                self.transport.write(encode_message(data))
                 return
             if self._write_paused and self._over_limit():
                 raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
@@ -442,67 +457,77 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             if self._write_paused:
                 await self._drain()
             return
-        if mtype == "websocket.close":
-            if self._app_closed:
+        await self._send_other(mtype, message)
+
+    async def _send_other(self, mtype: str, message: Message) -> None:
+        """Everything but the accepted-phase ``websocket.send``: dispatch on the action."""
+        if self._phase == _DONE:
+            if mtype == "websocket.close" and self._asgi.phase is _APP_CLOSED:
                 return  # closing twice is harmless
-            if self._phase == _HANDSHAKE:
-                if self._denial is not None:
-                    raise RuntimeError("websocket.close after websocket.http.response.start")
-                self._app_closed = True
-                self._deny()
-                return
-            if self._phase != _OPEN or conn is None:
-                raise ClientDisconnected("WebSocket connection is closed")
-            if self._held is not None:
-                self._app_closed = True
-                self._release_held()
-                return
-            code = message.get("code")
-            reason = message.get("reason")
-            try:
-                conn.close(1000 if code is None else code, reason or "")
-            except ValueError as exc:
-                raise RuntimeError(f"invalid websocket.close: {exc}") from None
-            self._app_closed = True
-            self._flush()
-            self._set_deadline()
-            return
-        phase = self._phase
-        if phase == _DONE:
             raise ClientDisconnected("WebSocket connection is closed")
-        if phase == _OPEN:
-            if mtype == _SEND_FRAMES and conn is not None:
-                try:
-                    conn.send_encoded(bytes(message["frames"]))
-                except ConnectionClosedError:
-                    raise ClientDisconnected("WebSocket connection is closed") from None
-                await self._write_and_wait(conn.data_to_send())
-                return
-            raise RuntimeError(f"unexpected ASGI message {mtype!r} on an accepted WebSocket")
-        if mtype == "websocket.accept" and self._denial is None:
-            self._accept(message)
-        elif mtype == "websocket.http.response.start" and self._denial is None:
-            self._denial_start(message)
-        elif mtype == "websocket.http.response.body" and self._denial is not None:
-            self._denial_body(message)
-            if self._write_paused and not self._lost:
-                await self._write_and_wait(b"")
-        else:
-            raise RuntimeError(f"unexpected ASGI message {mtype!r} during the WebSocket handshake")
+        if mtype == _SEND_FRAMES and self._phase == _OPEN and self._asgi.phase is _ACCEPTED:
+            await self._send_frames(message)
+            return
+        try:
+            action = self._asgi.app_sent(message)
+        except ASGIMessageError as exc:
+            if exc.closed:
+                raise ClientDisconnected("WebSocket connection is closed") from None
+            raise
+        if action is not None:
+            await _ON_ACTION[type(action)](self, action)
 
-    # -- handshake answers ----------------------------------------------------------------
+    async def _send_frames(self, message: Message) -> None:
+        """The ``tidings.websocket.send_frames`` extension: complete frames, as they are."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.send_encoded(bytes(message["frames"]))
+        except ConnectionClosedError:
+            raise ClientDisconnected("WebSocket connection is closed") from None
+        await self._write_and_wait(conn.data_to_send())
 
-    def _accept(self, message: Message) -> None:
+    # -- actions (tidings._asgi), one method each -------------------------------------------
+
+    async def _on_send(self, action: SendText | SendBytes) -> None:
+        # Only reached when websocket.accept was refused by the handshake checks below.
+        raise RuntimeError("websocket.send after a failed websocket.accept")
+
+    async def _on_close(self, action: Close) -> None:
+        if self._phase == _HANDSHAKE:
+            self._deny()  # only after a failed websocket.accept
+            return
+        if self._held is not None:
+            self._release_held()
+            return
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.close(action.code, action.reason)
+        except ValueError as exc:
+            raise RuntimeError(f"invalid websocket.close: {exc}") from None
+        self._flush()
+        self._set_deadline()
+
+    async def _on_refusal(self, action: Refusal) -> None:
+        if action.body is None:
+            self._deny()  # websocket.close before websocket.accept
+            return
+        self._denial_body(action)
+        if self._write_paused and not self._lost:
+            await self._write_and_wait(b"")
+
+    async def _on_accept(self, action: Accept) -> None:
         """websocket.accept: write the 101 (RFC 6455 §4.2.2) and go OPEN."""
         request = self._request
         assert request is not None
-        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
+        headers = list(action.headers)
         negotiated = negotiate_deflate(request.extensions, self._deflate)
         try:
             check_fields(headers)
             response = build_accept_response(
                 request,
-                subprotocol=message.get("subprotocol"),
+                subprotocol=action.subprotocol,
                 extensions_header=None if negotiated is None else negotiated[0],
                 extra_headers=headers,
             )
@@ -527,32 +552,27 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 self._resume_reading()
             self.data_received(b"".join(early))
 
+    # -- handshake answers ----------------------------------------------------------------
+
     def _deny(self) -> None:
         """websocket.close before accept: 403 with an empty body (ASGI spec)."""
         head = b"HTTP/1.1 403 Forbidden\r\n" + self.state.date_header
         self._respond(head + b"content-length: 0\r\nconnection: close\r\n\r\n", 403)
 
-    def _denial_start(self, message: Message) -> None:
-        status = message.get("status")
-        if not isinstance(status, int) or not 200 <= status <= 599:
-            raise RuntimeError(f"invalid status {status!r} in websocket.http.response.start")
-        headers = [(bytes(name), bytes(value)) for name, value in message.get("headers") or ()]
-        try:
-            check_fields(headers)
-        except InvalidField as exc:
-            raise RuntimeError(f"websocket.http.response.start: {exc}") from None
-        self._denial = _Denial(status, headers)
-
-    def _denial_body(self, message: Message) -> None:
-        denial = self._denial
-        assert denial is not None
-        body = bytes(message.get("body", b""))
-        more = bool(message.get("more_body", False))
+    def _denial_body(self, denial: Refusal) -> None:
+        """One ``websocket.http.response.body`` of a denial response (streamed as it comes)."""
+        body = denial.body or b""
+        more = denial.more_body
         out: list[bytes] = []
-        if not denial.head_sent:
+        if self._denial is None:
+            headers = list(denial.headers)
+            try:
+                check_fields(headers)
+            except InvalidField as exc:
+                raise RuntimeError(f"websocket.http.response.start: {exc}") from None
             lines = [_status_line(denial.status), self.state.date_header]
             has_length = False
-            for name, value in denial.headers:
+            for name, value in headers:
                 lname = name.lower()
                 if lname in (b"connection", b"transfer-encoding"):
                     continue  # the framing is ours: one response, then close
@@ -563,14 +583,14 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 lines.append(name + b": " + value + b"\r\n")
             if not has_length:
                 if more:
-                    denial.chunked = True
+                    self._chunked = True
                     lines.append(b"transfer-encoding: chunked\r\n")
                 else:
                     lines.append(b"content-length: %d\r\n" % len(body))
             lines.append(b"connection: close\r\n\r\n")
             out.append(b"".join(lines))
-            denial.head_sent = True
-        if denial.chunked:
+            self._denial = denial
+        if self._chunked:
             if body:
                 out.append(b"%x\r\n%s\r\n" % (len(body), body))
             if not more:
@@ -589,7 +609,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         status line would corrupt it.
         """
         self._finish(_disconnect(1006))
-        if self._denial is not None and self._denial.head_sent and status != self._denial.status:
+        if self._denial is not None and status != self._denial.status:
             self.transport.abort()
             return
         self._access(status)
@@ -881,7 +901,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close open connections with 1001, refuse pending handshakes."""
         if self._phase == _HANDSHAKE:
-            if self._denial is None or not self._denial.head_sent:
+            if self._denial is None:
                 self._respond(simple_response(503, "Server shutting down"), 503)
         elif self._phase == _OPEN:
             self._close(1001, "server shutting down")
@@ -893,6 +913,16 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._finish(_disconnect(1006))
         self._lost = True
         self.transport.abort()
+
+
+#: What ``send`` does with each action of ``tidings._asgi`` (the hot path is ``send``'s own).
+_ON_ACTION: Final[dict[type, Callable[[WebSocketProtocol, Any], Awaitable[None]]]] = {
+    Accept: WebSocketProtocol._on_accept,
+    Refusal: WebSocketProtocol._on_refusal,
+    SendText: WebSocketProtocol._on_send,
+    SendBytes: WebSocketProtocol._on_send,
+    Close: WebSocketProtocol._on_close,
+}
 
 
 def _status_line(status: int) -> bytes:

@@ -51,12 +51,13 @@ import asyncio
 import logging
 import math
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from asgiref.compatibility import guarantee_single_callable
 from django.core.exceptions import ImproperlyConfigured
 
+from tidings._asgi import PLAIN_REFUSAL, Accept, ASGIMessageError, ASGIWebSocketConnection, Refusal
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
 from tidings.consumer import TRANSPORT_SESSION_KEY
 from tidings.routing import ProtocolTypeRouter
@@ -84,6 +85,8 @@ logger = logging.getLogger("tidings.transports")
 #: Seconds the stack gets to return after a handle was adopted or a refusal sent.
 _STACK_EXIT: Final = 5.0
 _CLOSE: Final = (b"connection", b"close")
+#: The stack accepted a session request itself: a plain ASGI app without ``fallback``.
+_NOT_SUPPORTED: Final = Refusal(501)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +308,8 @@ class TransportRouter(ProtocolTypeRouter):
         self, inner_scope: Scope, handle: SessionHandle, scope: Scope, send: ASGISend
     ) -> _Adopted | None:
         """Run the ``"websocket"`` stack with ``handle``; the adoption, or ``None`` if refused."""
-        refusal: asyncio.Future[_Refusal] = asyncio.get_running_loop().create_future()
-        denial: list[Message] = []
+        refusal: asyncio.Future[Refusal] = asyncio.get_running_loop().create_future()
+        asgi = ASGIWebSocketConnection()
         over = asyncio.Event()
         connected = False
 
@@ -319,24 +322,22 @@ class TransportRouter(ProtocolTypeRouter):
             return {"type": "websocket.disconnect", "code": 1006}
 
         async def stack_send(message: Message) -> None:
-            mtype = message["type"]
             if refusal.done() or handle.outcome.done():
                 return
-            if mtype == "websocket.http.response.start":
-                denial.append(message)
-            elif mtype == "websocket.http.response.body" and denial:
-                denial.append(message)
-                if not message.get("more_body"):
-                    refusal.set_result(_Refusal.from_denial(denial))
-            elif mtype == "websocket.accept":
+            try:
+                action = asgi.app_sent(message)
+            except ASGIMessageError:
+                refusal.set_result(PLAIN_REFUSAL)  # anything else before deciding: 403
+                return
+            if type(action) is Accept:
                 logger.error(
                     "%s accepted a session request itself: wrap plain ASGI applications "
                     "with tidings.transports.fallback()",
                     inner_scope.get("path", ""),
                 )
-                refusal.set_result(_Refusal(501, reason="this route does not support sessions"))
-            else:  # websocket.close, or anything else before deciding
-                refusal.set_result(_Refusal(403))
+                refusal.set_result(_NOT_SUPPORTED)
+            elif type(action) is Refusal:
+                refusal.set_result(action)
 
         app = self._routes["websocket"]
         stack: Coroutine[Any, Any, None] = app(inner_scope, stack_receive, stack_send)  # type: ignore[assignment]
@@ -366,11 +367,15 @@ class TransportRouter(ProtocolTypeRouter):
             await _http.deny(scope, send, 500, "internal error")
         elif refusal.done():
             result = refusal.result()
-            if result.status == 403 and result.body is None:
+            if result.body is not None:  # the application's own response
+                await _http.deny(
+                    scope, send, result.status, headers=list(result.headers), body=result.body
+                )
+            elif result is _NOT_SUPPORTED:
+                await _http.deny(scope, send, 501, "this route does not support sessions")
+            else:
                 logger.info("Session request to %s refused", scope.get("path", ""))
-            await _http.deny(
-                scope, send, result.status, result.reason, headers=result.headers, body=result.body
-            )
+                await _http.deny(scope, send, result.status, "refused")
         elif error is not None:
             await _http.deny(scope, send, 500, "internal error")
         else:
@@ -395,20 +400,3 @@ def _with_header(send: ASGISend, header: tuple[bytes, bytes]) -> ASGISend:
         await send(message)
 
     return sender
-
-
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    """How the stack refused a session request."""
-
-    status: int
-    reason: str = "refused"
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes | None = None
-
-    @classmethod
-    def from_denial(cls, messages: list[Message]) -> _Refusal:
-        start = messages[0]
-        body = b"".join(bytes(m.get("body", b"")) for m in messages[1:])
-        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers") or ()]
-        return cls(int(start["status"]), headers=headers, body=body)

@@ -13,7 +13,9 @@ connection. It plays the server's part towards the consumer:
 * ``send()`` takes ``websocket.accept`` or a refusal (``websocket.close`` or a
   ``websocket.http.response`` before accepting: :attr:`Session.decision`),
   ``websocket.send`` (each becomes an envelope with the next ``seq``, kept in
-  the resume buffer until the client acknowledges it) and ``websocket.close``.
+  the resume buffer until the client acknowledges it) and ``websocket.close``,
+  in the order and with the fields ``tidings._asgi`` checks (an
+  ``ASGIMessageError`` otherwise).
 
 States::
 
@@ -54,10 +56,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
+from tidings._asgi import (
+    Accept,
+    ASGIWebSocketConnection,
+    Close,
+    Refusal,
+    SendBytes,
+    SendText,
+)
 from tidings._types import ASGIApp, Message, Scope
 from tidings.transports.config import TransportSettings
 from tidings.transports.inbox import Inbox
@@ -185,7 +196,7 @@ class Session:
         self._final: str | None = None
         self._attachment: LocalAttachment | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._denial: list[Message] = []
+        self._asgi = ASGIWebSocketConnection()  # what the consumer may send now
         self.claimed = False
         self._attached_at: float | None = None
 
@@ -219,49 +230,42 @@ class Session:
                 self._finish(1000, "", final=True)
 
     async def _send(self, message: Message) -> None:
-        mtype = message["type"]
-        state = self.state
-        if mtype == "websocket.send" and state == OPEN:
-            self._append(message)
-        elif mtype == "websocket.close":
-            if state == CONNECTING:
-                self._refuse(REFUSED)
-            elif state == OPEN:
-                code = message.get("code")
-                self._finish(
-                    1000 if code is None else int(code), message.get("reason") or "", final=True
-                )
-        elif state == CONNECTING:
-            self._handshake_message(mtype, message)
-        elif state == FINISHED:
-            # The client side ended the session (gone, expired, overflow): like a
+        if self.state == FINISHED:
+            # The session is over (refused, closed, gone, expired, overflow): like a
             # network that loses what is sent to a peer that left.
-            logger.debug("Session %s is over; dropped %s", self.label, mtype)
-        else:
-            raise RuntimeError(f"unexpected ASGI message {mtype!r} on an accepted session")
+            logger.debug("Session %s is over; dropped %s", self.label, message["type"])
+            return
+        action = self._asgi.app_sent(message)
+        if action is not None:
+            self._ON_ACTION[type(action)](self, action)
 
-    def _handshake_message(self, mtype: str, message: Message) -> None:
-        if mtype == "websocket.accept" and not self._denial:
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
-            self.state = OPEN
-            _decide(self.decision, Decision(accepted=True, headers=headers))
-        elif mtype == "websocket.http.response.start" and not self._denial:
-            self._denial.append(message)
-        elif mtype == "websocket.http.response.body" and self._denial:
-            self._denial.append(message)
-            if not message.get("more_body"):
-                start = self._denial[0]
-                body = b"".join(bytes(m.get("body", b"")) for m in self._denial[1:])
-                headers = [(bytes(k), bytes(v)) for k, v in start.get("headers") or ()]
-                self._refuse(Decision(False, int(start["status"]), headers, body))
-        elif mtype == "websocket.send":
-            raise RuntimeError("websocket.send before websocket.accept")
-        else:
-            raise RuntimeError(f"unexpected ASGI message {mtype!r} during the session handshake")
+    # -- actions (tidings._asgi), one method each -------------------------------------------
 
-    def _append(self, message: Message) -> None:
+    def _on_accept(self, action: Accept) -> None:
+        self.state = OPEN
+        _decide(self.decision, Decision(accepted=True, headers=list(action.headers)))
+
+    def _on_refusal(self, action: Refusal) -> None:
+        headers = list(action.headers)
+        self._refuse(Decision(False, action.status, headers, action.body or b""))
+
+    def _on_close(self, action: Close) -> None:
+        self._finish(action.code, action.reason, final=True)
+
+    def _on_send(self, action: SendText | SendBytes) -> None:
+        self._append(action.text if isinstance(action, SendText) else action.data)
+
+    _ON_ACTION: Final[dict[type, Callable[[Session, Any], None]]] = {
+        Accept: _on_accept,
+        Refusal: _on_refusal,
+        Close: _on_close,
+        SendText: _on_send,
+        SendBytes: _on_send,
+    }
+
+    def _append(self, data: str | bytes) -> None:
         seq = self.seq + 1
-        text = encode_message(seq, message)
+        text = encode_message(seq, data)
         try:
             size = len(text) if text.isascii() else len(text.encode("utf-8"))
         except UnicodeEncodeError:
