@@ -117,13 +117,22 @@ def test_wire_is_sans_io_and_stdlib_only() -> None:
 
 
 def test_server_never_imports_django_or_layers() -> None:
-    allowed_tidings = ("tidings.server", "tidings.wire", "tidings._types", "tidings")
+    # The server is a general ASGI server: below it only the wire cores, the ASGI types
+    # and state machine, and the version.
+    allowed_tidings = ("tidings.server", "tidings.wire")
+    allowed_modules = {"tidings", "tidings._types", "tidings._asgi", "tidings._version"}
     for path in _files("server"):
         for name in _imports(path):
             assert not name.startswith("django"), (path, name)
-            if name.startswith("tidings"):
-                assert name == "tidings" or name.startswith(allowed_tidings), (path, name)
-                assert not name.startswith("tidings.layers"), (path, name)
+            if name == "tidings" or name.startswith("tidings."):
+                assert name in allowed_modules or name.startswith(allowed_tidings), (path, name)
+
+
+def test_the_asgi_state_machine_is_stdlib_only() -> None:
+    stdlib = sys.stdlib_module_names
+    for name in _imports(PACKAGE / "_asgi.py"):
+        top = name.split(".")[0]
+        assert top in stdlib or top == "__future__" or name == "tidings._types", name
 
 
 def test_layers_never_import_the_server_or_consumers() -> None:
