@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.server import apps
-from tests.server._helpers import exchange, free_port, serve, wait_for
+from tests.server._helpers import FAST_SWEEP, exchange, free_port, serve, wait_for
 from tests.transports._client import Endpoint, poll, sse
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Scope
 from tidings.server.config import Timeouts
@@ -145,7 +145,7 @@ async def test_application_close_warning_escapes_the_path(
 ) -> None:
     caplog.set_level(logging.WARNING, "tidings.error")
     timeouts = Timeouts(application_close=0.2)
-    async with serve(_ignores_disconnect, timeouts=timeouts) as srv:
+    async with serve(_ignores_disconnect, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
         writer.write(b"GET /x%0aforged%1b[2J HTTP/1.1\r\nHost: t\r\n\r\n")
         await writer.drain()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 from tidings._types import ASGIApp
 from tidings.server.config import Config
 from tidings.server.main import Server, bind_sockets
+
+#: A sweep interval for timeout tests: the timeout fires when due, not up to 1 s later.
+FAST_SWEEP = 0.01
 
 
 @dataclass
@@ -29,15 +33,28 @@ class Running:
         assert self.server.state is not None
         return len(self.server.state.connections)
 
+    def sweep(self, *, later: float) -> None:
+        """Run the timeout sweep now, as it would run ``later`` seconds from now."""
+        assert self.server.state is not None
+        self.server.state.sweep(time.monotonic() + later)
+
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp, **options: Any) -> AsyncIterator[Running]:
-    """Serve ``app`` on a free port of 127.0.0.1 in the current loop."""
+async def serve(
+    app: ASGIApp, *, sweep_interval: float | None = None, **options: Any
+) -> AsyncIterator[Running]:
+    """Serve ``app`` on a free port of 127.0.0.1 in the current loop.
+
+    ``sweep_interval`` shortens the once-a-second timeout sweep, so that a test of
+    a timeout waits for the timeout and not for the next sweep.
+    """
     options.setdefault("access_log", False)
     options.setdefault("lifespan", "off")  # tests of lifespan itself turn it on
     config = Config(app=app, host="127.0.0.1", port=0, **options)
     sockets = bind_sockets(config)
     server = Server(config, app)
+    if sweep_interval is not None:
+        server.sweep_interval = sweep_interval
     loop = asyncio.get_running_loop()
     task = loop.create_task(server.serve(sockets))
     deadline = loop.time() + 10

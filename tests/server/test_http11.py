@@ -14,7 +14,7 @@ from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.server.config import Limits, Timeouts
 
 from . import apps
-from ._helpers import exchange, open_conn, read_response, serve, wait_for
+from ._helpers import FAST_SWEEP, exchange, open_conn, read_response, serve, wait_for
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -374,7 +374,7 @@ async def test_header_block_trickled_without_end_is_cut_at_the_size_limit() -> N
 
 
 async def test_slow_header_block_gets_408_after_header_timeout() -> None:
-    async with serve(apps.hello, timeouts=Timeouts(header=0.5)) as srv:
+    async with serve(apps.hello, timeouts=Timeouts(header=0.2), sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
         raw = await asyncio.wait_for(reader.read(), 5)
@@ -383,7 +383,7 @@ async def test_slow_header_block_gets_408_after_header_timeout() -> None:
 
 
 async def test_silent_connection_is_closed_after_header_timeout() -> None:
-    async with serve(apps.hello, timeouts=Timeouts(header=0.5)) as srv:
+    async with serve(apps.hello, timeouts=Timeouts(header=0.2), sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         raw = await asyncio.wait_for(reader.read(), 5)
         writer.close()
@@ -391,7 +391,8 @@ async def test_silent_connection_is_closed_after_header_timeout() -> None:
 
 
 async def test_idle_keep_alive_connection_is_closed() -> None:
-    async with serve(apps.hello, timeouts=Timeouts(keepalive=0.5)) as srv:
+    timeouts = Timeouts(keepalive=0.2)
+    async with serve(apps.hello, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         writer.write(GET)
         await read_response(reader)
@@ -411,7 +412,7 @@ async def test_stalled_body_is_cut_by_body_timeout() -> None:
                 disconnected.set()
                 return
 
-    async with serve(app, timeouts=Timeouts(body=0.5)) as srv:
+    async with serve(app, timeouts=Timeouts(body=0.2), sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
         raw = await asyncio.wait_for(reader.read(), 5)
@@ -421,7 +422,8 @@ async def test_stalled_body_is_cut_by_body_timeout() -> None:
 
 
 async def test_trickled_body_is_cut_by_the_minimum_rate() -> None:
-    async with serve(apps.echo, timeouts=Timeouts(body=0.5)) as srv:
+    timeouts = Timeouts(body=0.5)
+    async with serve(apps.echo, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
         raw = b""
@@ -605,7 +607,12 @@ async def test_reading_pauses_while_the_app_does_not_consume_the_body() -> None:
     async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         nonlocal seen
         await release.wait()
-        seen = len(await apps.read_body(receive))
+        more_body = True
+        while more_body:  # counted, not joined: joining 64 MiB chunk by chunk takes seconds
+            message = await receive()
+            assert message["type"] == "http.request", message
+            seen += len(message["body"])
+            more_body = message.get("more_body", False)
         await apps.hello(scope, receive, send)
 
     async with serve(app) as srv:
@@ -772,7 +779,8 @@ async def test_app_ignoring_the_disconnect_is_cancelled_after_application_close(
             cancelled_at.append(loop.time())
             raise
 
-    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+    timeouts = Timeouts(application_close=0.3)
+    async with serve(app, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         _reader, writer = await open_conn(srv.port)
         writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         await asyncio.wait_for(request_read.wait(), 5)
@@ -804,7 +812,8 @@ async def test_app_still_running_after_its_response_is_cancelled_once_the_connec
             cancelled.set()
             raise
 
-    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+    timeouts = Timeouts(application_close=0.3)
+    async with serve(app, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         reader, writer = await open_conn(srv.port)
         writer.write(b"GET /after?x=1 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await read_response(reader)).status == 200
@@ -841,7 +850,8 @@ async def test_app_finishing_its_clean_up_in_time_is_not_cancelled(
             raise
         finished.set()
 
-    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+    timeouts = Timeouts(application_close=0.3)
+    async with serve(app, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         _reader, writer = await open_conn(srv.port)
         writer.write(GET)
         await asyncio.wait_for(request_read.wait(), 5)

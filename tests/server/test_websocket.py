@@ -26,7 +26,7 @@ from tidings.server.http11 import ClientDisconnected
 from tidings.server.websocket import WebSocketProtocol
 from tidings.wire import apply_mask, encode_message
 
-from ._helpers import Running, serve, wait_for
+from ._helpers import FAST_SWEEP, Running, serve, wait_for
 
 App = Callable[[Scope, ASGIReceive, ASGISend], Awaitable[None]]
 
@@ -335,7 +335,8 @@ async def test_handshake_timeout_is_503(caplog: pytest.LogCaptureFixture) -> Non
 
     from tidings.server.config import WebSocketSettings
 
-    async with serve(app, websocket=WebSocketSettings(handshake_timeout=0.5)) as srv:
+    settings = WebSocketSettings(handshake_timeout=0.2)
+    async with serve(app, websocket=settings, sweep_interval=FAST_SWEEP) as srv:
         response = await raw_exchange(srv, upgrade_request())
         release.set()
         await wait_for(lambda: bool(seen))
@@ -533,7 +534,8 @@ async def test_app_ignoring_the_disconnect_is_cancelled_after_application_close(
             cancelled_at.append(loop.time())
             raise
 
-    async with serve(app, timeouts=Timeouts(application_close=0.3)) as srv:
+    timeouts = Timeouts(application_close=0.3)
+    async with serve(app, timeouts=timeouts, sweep_interval=FAST_SWEEP) as srv:
         async with connect(ws_url(srv, "/live?room=1")) as ws:
             closed_at = loop.time()
             await ws.close(1000)
@@ -641,7 +643,9 @@ async def test_held_protocol_error_is_sent_when_the_app_is_slow() -> None:
     async with serve(app) as srv:
         reader, writer, _ = await raw_connect(srv)
         writer.write(client_frame(0x2, b"data") + client_frame(0x1, b"\xff"))
-        opcode, payload = await read_frame(reader)  # within a sweep or two
+        await wait_for(lambda: len(got) == 1)
+        srv.sweep(later=1.5)  # the app has not asked for the next message for over 1 s
+        opcode, payload = await read_frame(reader)
         assert (opcode, close_code(payload)) == (0x8, 1007)
         release.set()
         await wait_for(lambda: len(got) == 2)
@@ -760,8 +764,8 @@ async def test_ping_timeout_closes_with_1011() -> None:
     from tidings.server.config import WebSocketSettings
 
     app = Recorder()
-    settings = WebSocketSettings(ping_interval=1.0, ping_timeout=1.0)
-    async with serve(app, websocket=settings) as srv:
+    settings = WebSocketSettings(ping_interval=0.2, ping_timeout=0.2)
+    async with serve(app, websocket=settings, sweep_interval=FAST_SWEEP) as srv:
         # A raw client that reads frames but never answers pings.
         reader, writer, _ = await raw_connect(srv)
         opcode, payload = await read_frame(reader)
@@ -776,8 +780,8 @@ async def test_ping_timeout_closes_with_1011() -> None:
 async def test_answered_pings_keep_the_connection() -> None:
     from tidings.server.config import WebSocketSettings
 
-    settings = WebSocketSettings(ping_interval=1.0, ping_timeout=1.0)
-    async with serve(echo, websocket=settings) as srv:
+    settings = WebSocketSettings(ping_interval=0.2, ping_timeout=1.0)
+    async with serve(echo, websocket=settings, sweep_interval=FAST_SWEEP) as srv:
         reader, writer, _ = await raw_connect(srv)
         for _ in range(2):
             opcode, payload = await read_frame(reader)
@@ -926,7 +930,7 @@ async def test_graceful_timeout_aborts_clients_that_do_not_close() -> None:
     from tidings.server.config import Timeouts
 
     app = Recorder()
-    async with serve(app, timeouts=Timeouts(graceful=0.5)) as srv:
+    async with serve(app, timeouts=Timeouts(graceful=0.2)) as srv:
         reader, writer, _ = await raw_connect(srv)
         srv.server.request_stop()
         opcode, payload = await read_frame(reader)

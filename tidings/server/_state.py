@@ -5,6 +5,11 @@ once-a-second sweep can enforce timeouts and graceful shutdown can find them;
 the sweep also refreshes the cached ``Date`` header so that no request pays for
 formatting a timestamp.
 
+The server's clock is ``time.monotonic``: connections stamp their activity with
+it and the sweep compares those stamps with its ``now``. ``sweep(now)`` takes the
+moment to check against, so a test runs the sweep as it would run some seconds
+later instead of waiting for them to pass.
+
 A connection that ends while its app's task still runs hands the task to
 ``orphaned``; the sweep cancels it if it is still running
 ``--application-close-timeout`` seconds later (an app that ignores the disconnect
@@ -180,10 +185,16 @@ class ServerState:
         """Recompute values cached for one second (the Date header)."""
         self.date_header = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
 
-    def sweep(self) -> None:
-        """Run once a second: refresh caches, enforce per-connection timeouts, reap orphans."""
+    def sweep(self, now: float | None = None) -> None:
+        """Run once a second: refresh caches, enforce per-connection timeouts, reap orphans.
+
+        Args:
+            now: the ``time.monotonic()`` moment to check the timeouts against; the
+                current one when omitted (tests pass a later one).
+        """
         self.refresh()
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         for conn in list(self.connections):
             conn.check_timeouts(now)
         if self.orphans:

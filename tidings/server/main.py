@@ -3,6 +3,7 @@
 ``run(config)`` is the entry point for everything: with ``--workers 1`` and
 no ``--reload`` it serves in this process; otherwise it hands over to the
 supervisor in ``tidings.server.supervisor``, which forks processes that each
+run ``_serve_worker`` (handed to it, so that it need not import this module) and
 end up in ``Server.serve`` on the sockets the supervisor bound.
 
 Shutdown (SIGTERM, SIGINT or SIGHUP): stop accepting, close idle connections
@@ -29,10 +30,12 @@ from typing import cast
 
 from tidings._types import ASGIApp
 from tidings.server._state import ServerState
+from tidings.server._worker import EXIT_STARTUP_FAILED
 from tidings.server.config import Config, ConfigError
 from tidings.server.http11 import HttpProtocol
 from tidings.server.lifespan import Lifespan, LifespanError
 from tidings.server.proxy import ProxyTrust
+from tidings.server.supervisor import Supervisor
 from tidings.server.websocket import install as install_websocket
 
 __all__ = [
@@ -46,13 +49,10 @@ __all__ = [
 
 logger = logging.getLogger("tidings.error")
 
-# Exit status when the app failed to import or lifespan startup failed; the
-# supervisor does not restart a worker that exits with it.
-EXIT_STARTUP_FAILED = 3
-
 #: Seconds within which a repeated stop signal counts as the same stop (see above).
 SIGNAL_DEBOUNCE = 1.0
 
+#: Seconds between two timeout sweeps (``Server.sweep_interval``; tests shorten it).
 _SWEEP_INTERVAL = 1.0
 
 
@@ -152,6 +152,8 @@ class Server:
         self.started = False
         #: Called once the server listens (the supervisor's readiness signal).
         self.on_started: Callable[[], None] | None = None
+        #: Seconds between timeout sweeps; set before ``serve`` (tests shorten it).
+        self.sweep_interval = _SWEEP_INTERVAL
 
     def request_stop(self) -> None:
         """Begin graceful shutdown; a second call during it cuts it short.
@@ -201,7 +203,7 @@ class Server:
 
     async def _sweep(self, state: ServerState) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_INTERVAL)
+            await asyncio.sleep(self.sweep_interval)
             try:
                 state.sweep()
             except Exception:
@@ -330,6 +332,17 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
+def _serve_worker(
+    config: Config, sockets: list[socket.socket], *, on_started: Callable[[], None] | None
+) -> int:
+    """What a worker forked by the supervisor runs (a ``ServeWorker``)."""
+
+    def announce(server: Server) -> None:
+        server.on_started = on_started
+
+    return serve_in_process(config, sockets, on_server=announce if on_started else None)
+
+
 def run(config: Config) -> int:
     """Serve ``config.app`` as configured; return the exit status.
 
@@ -342,9 +355,7 @@ def run(config: Config) -> int:
     sockets = bind_sockets(config)
     try:
         if config.workers > 1 or config.reload:
-            from tidings.server.supervisor import Supervisor
-
-            return Supervisor(config, sockets).run()
+            return Supervisor(config, sockets, serve=_serve_worker).run()
         return serve_in_process(config, sockets)
     finally:
         for sock in sockets:

@@ -16,6 +16,9 @@ ones are stopped and the running ones keep serving.
 
 With ``--reload`` the supervisor runs one worker and replaces it whenever a
 ``.py`` file under the watched directories changes (polled once a second).
+
+A forked worker runs the ``ServeWorker`` it was given (``main`` passes its own):
+this module never imports ``main``, which imports it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tidings.server._worker import EXIT_STARTUP_FAILED, ServeWorker
 from tidings.server.config import Config
 
 __all__ = ["Supervisor"]
@@ -46,9 +50,10 @@ _SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cac
 class Supervisor:
     """Forks and watches worker processes."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(self, config: Config, sockets: list[socket.socket], *, serve: ServeWorker) -> None:
         self.config = config
         self.sockets = sockets
+        self._serve = serve  # what a forked worker runs
         self.workers: dict[int, float] = {}  # pid -> start time
         self.stopping = False
         self.exit_status = 0
@@ -184,21 +189,17 @@ class Supervisor:
             try:
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(s, signal.SIG_DFL)
-                from tidings.server.main import Server, serve_in_process
 
-                def announce(server: Server) -> None:
-                    def ready() -> None:
-                        os.write(write_fd, b"1")
-                        os.close(write_fd)
-
-                    server.on_started = ready
+                def ready() -> None:
+                    os.write(write_fd, b"1")
+                    os.close(write_fd)
 
                 if ready_pipe:
                     os.close(read_fd)
-                status = serve_in_process(
+                status = self._serve(
                     self.config.replace(workers=1, reload=False),
                     self.sockets,
-                    on_server=announce if ready_pipe else None,
+                    on_started=ready if ready_pipe else None,
                 )
             except BaseException:
                 logger.exception("worker %d crashed", os.getpid())
@@ -210,8 +211,6 @@ class Supervisor:
         return pid, read_fd
 
     def _reap(self) -> None:
-        from tidings.server.main import EXIT_STARTUP_FAILED
-
         while self.workers or self._retiring:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
