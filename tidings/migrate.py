@@ -229,52 +229,75 @@ def _string_edits(source: _Source) -> list[_Edit]:
     return edits
 
 
-def _installed_apps_edits(source: _Source, tree: ast.Module) -> list[_Edit]:
-    """One ``"tidings"`` in place of ``"channels"`` and ``"daphne"``, before staticfiles."""
-    edits: list[_Edit] = []
+def _installed_apps_lists(tree: ast.Module) -> list[list[ast.expr]]:
+    """The items of each module-level ``INSTALLED_APPS = [...]`` (or tuple) that has any."""
+    found = []
     for node in tree.body:
-        if not (
+        if (
             isinstance(node, ast.Assign)
             and any(isinstance(t, ast.Name) and t.id == "INSTALLED_APPS" for t in node.targets)
             and isinstance(node.value, ast.List | ast.Tuple)
             and node.value.elts
         ):
-            continue
-        items = node.value.elts
-        values = [e.value if isinstance(e, ast.Constant) else None for e in items]
-        replaced = [i for i, v in enumerate(values) if v in _APPS_REPLACED]
-        ours = [i for i, v in enumerate(values) if v == "tidings"]
-        static = values.index(_STATICFILES) if _STATICFILES in values else len(values)
-        if not replaced and len(ours) <= 1 and (not ours or ours[0] < static):
-            continue  # nothing to replace, and "tidings" (if there) is in its place
-        gone = sorted(replaced + ours)
-        place = min(gone[0], static)
-        spans = [
-            (
-                source.ast_offset(e.lineno, e.col_offset),
-                source.ast_offset(e.end_lineno or e.lineno, e.end_col_offset or 0),
-            )
-            for e in items
-        ]
-        tidings = _requote(source.tokens[source.token_at(spans[gone[0]][0])], "tidings")
-        deleted = [i for i in gone if i != place]
-        # A run of deleted items at the end goes with the comma before it.
-        tail = len(items)
-        while tail - 1 in deleted:
-            tail -= 1
-        for i in deleted:
-            if i < tail:
-                edits.append(_Edit(spans[i][0], spans[i + 1][0], ""))
-        if tail < len(items):
-            edits.append(_Edit(spans[tail - 1][1], spans[-1][1], ""))
-        if place in gone:
-            edits.append(_Edit(*spans[place], tidings))
-        else:
-            start = spans[place][0]
-            line_start = source.text.rfind("\n", 0, start) + 1
-            indent = source.text[line_start:start]
-            separator = "\n" + indent if not indent.strip() else " "
-            edits.append(_Edit(start, start, tidings + "," + separator))
+            found.append(node.value.elts)
+    return found
+
+
+def _apps_plan(items: list[ast.expr]) -> tuple[list[int], int] | None:
+    """Which items go (``"channels"``, ``"daphne"``, extra ``"tidings"``) and where ours is.
+
+    Returns ``(gone, place)``: the indexes of the items to drop or replace, and the index
+    ``"tidings"`` must take (before staticfiles); None when the list is right already.
+    """
+    values = [e.value if isinstance(e, ast.Constant) else None for e in items]
+    replaced = [i for i, v in enumerate(values) if v in _APPS_REPLACED]
+    ours = [i for i, v in enumerate(values) if v == "tidings"]
+    static = values.index(_STATICFILES) if _STATICFILES in values else len(values)
+    if not replaced and len(ours) <= 1 and (not ours or ours[0] < static):
+        return None  # nothing to replace, and "tidings" (if there) is in its place
+    gone = sorted(replaced + ours)
+    return gone, min(gone[0], static)
+
+
+def _installed_apps_edits(source: _Source, tree: ast.Module) -> list[_Edit]:
+    """One ``"tidings"`` in place of ``"channels"`` and ``"daphne"``, before staticfiles."""
+    edits: list[_Edit] = []
+    for items in _installed_apps_lists(tree):
+        plan = _apps_plan(items)
+        if plan is not None:
+            edits += _apps_edits(source, items, *plan)
+    return edits
+
+
+def _apps_edits(source: _Source, items: list[ast.expr], gone: list[int], place: int) -> list[_Edit]:
+    """The text edits that carry out ``_apps_plan`` on one list."""
+    edits: list[_Edit] = []
+    spans = [
+        (
+            source.ast_offset(e.lineno, e.col_offset),
+            source.ast_offset(e.end_lineno or e.lineno, e.end_col_offset or 0),
+        )
+        for e in items
+    ]
+    tidings = _requote(source.tokens[source.token_at(spans[gone[0]][0])], "tidings")
+    deleted = [i for i in gone if i != place]
+    # A run of deleted items at the end goes with the comma before it.
+    tail = len(items)
+    while tail - 1 in deleted:
+        tail -= 1
+    for i in deleted:
+        if i < tail:
+            edits.append(_Edit(spans[i][0], spans[i + 1][0], ""))
+    if tail < len(items):
+        edits.append(_Edit(spans[tail - 1][1], spans[-1][1], ""))
+    if place in gone:
+        edits.append(_Edit(*spans[place], tidings))
+    else:
+        start = spans[place][0]
+        line_start = source.text.rfind("\n", 0, start) + 1
+        indent = source.text[line_start:start]
+        separator = "\n" + indent if not indent.strip() else " "
+        edits.append(_Edit(start, start, tidings + "," + separator))
     return edits
 
 
