@@ -30,24 +30,37 @@ _OVER: dict[str, int] = {
 }
 
 
+_BRANCHES = (
+    ast.If,
+    ast.IfExp,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.ExceptHandler,
+    ast.match_case,
+    ast.Assert,
+)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
 def complexity(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
-    """McCabe's number: 1 + one per decision point (branch, loop, handler, boolean operand)."""
+    """McCabe's number: 1 + one per decision point (branch, loop, handler, boolean operand).
+
+    Nested functions and classes are not entered: they are counted on their own.
+    """
     count = 1
-    for node in ast.walk(function):
-        if node is not function and isinstance(
-            node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
-        ):
-            continue  # nested definitions are counted as functions of their own
-        if isinstance(node, ast.If | ast.IfExp | ast.For | ast.AsyncFor | ast.While):
-            count += 1
-        elif isinstance(node, ast.ExceptHandler | ast.match_case):
+    pending = list(ast.iter_child_nodes(function))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, _DEFINITIONS):
+            continue
+        if isinstance(node, _BRANCHES):
             count += 1
         elif isinstance(node, ast.BoolOp):
             count += len(node.values) - 1
         elif isinstance(node, ast.comprehension):
             count += 1 + len(node.ifs)
-        elif isinstance(node, ast.Assert):
-            count += 1
+        pending.extend(ast.iter_child_nodes(node))
     return count
 
 
@@ -83,6 +96,10 @@ def test_complexity_counts_decision_points() -> None:
     (function,) = ast.parse(source).body
     assert isinstance(function, ast.FunctionDef)
     assert complexity(function) == 1 + 1 + 1 + 2  # if, and, comprehension with one if
+    nested = "def g(a):\n    def h(b):\n        if b:\n            return 1\n    return h\n"
+    (outer,) = ast.parse(nested).body
+    assert isinstance(outer, ast.FunctionDef)
+    assert complexity(outer) == 1  # h's branch is h's own
 
 
 def test_no_new_long_module_or_complex_function() -> None:
