@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from django.test import override_settings
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.server._helpers import serve
-from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
+from tests.server._helpers import Running, serve
+from tidings._types import WEBSOCKET_DIRECT, ASGIApp, ASGIReceive, ASGISend, Message, Scope
 from tidings.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
-from tidings.layers import get_channel_layer
-from tidings.server import websocket as server_websocket
+from tidings.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from tidings.transports.request import SessionRequest, session_scope
 
 GUARD = 10.0
 
@@ -70,6 +71,12 @@ async def fresh_layer() -> AsyncIterator[None]:
     await layer.flush()
 
 
+def last_framed(srv: Running) -> str | bytes | None:
+    """The payload the server's per-process frame cache holds."""
+    assert srv.server.state is not None
+    return srv.server.state.framed_payload
+
+
 async def join(port: int, n: int, **kwargs: Any) -> list[ClientConnection]:
     clients = [await connect(f"ws://127.0.0.1:{port}/", **kwargs) for _ in range(n)]
     for client in clients:
@@ -93,7 +100,7 @@ async def test_idle_members_get_it_without_their_handler_running() -> None:
             assert await asyncio.wait_for(client.recv(), GUARD) == b"\x00binary"
         assert Member.handled == [], "idle members were served by the layer directly"
         # The frame was encoded once and shared: the cache holds the last payload.
-        assert server_websocket._FRAME_CACHE[0] == b"\x00binary"
+        assert last_framed(srv) == b"\x00binary"
         for client in clients:
             await client.close()
 
@@ -162,7 +169,7 @@ async def test_send_nowait_refuses_what_only_send_may_handle() -> None:
     done = asyncio.Event()
 
     async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        send_now = scope["tidings.send_nowait"]
+        send_now = scope["extensions"][WEBSOCKET_DIRECT]["send_nowait"]
         await receive()
         results.append(send_now({"type": "websocket.send", "text": "early"}))  # not accepted
         await send({"type": "websocket.accept"})
@@ -210,6 +217,101 @@ async def test_handlers_forwarding_one_group_message_share_its_frame() -> None:
             got = [await asyncio.wait_for(client.recv(), GUARD) for _ in range(5)]
             assert got == ["news 0 é", "news 1 é", "news 2 é", "news 2 é", "x" * 70_000]
         # Every member's handler sent the very same str: it was framed once.
-        assert server_websocket._FRAME_CACHE[0] == "x" * 70_000
+        assert last_framed(srv) == "x" * 70_000
         for client in plain + deflated:
             await client.close()
+
+
+# -- the extension: where it is offered, and a layer that ignores it ----------------------
+
+
+async def test_the_extension_stays_out_of_transport_session_scopes() -> None:
+    """A session's consumer never owns the request's connection: the session scope has
+    extensions of its own, not the server's (over WebSocket or HTTP)."""
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async with serve(app) as srv, connect(f"ws://127.0.0.1:{srv.port}/?tidings=ws"):
+        pass
+    [server_scope] = scopes
+    server_extensions = server_scope["extensions"]
+    assert WEBSOCKET_DIRECT in server_extensions
+    http_scope: Scope = {**server_scope, "type": "http", "method": "GET", "scheme": "http"}
+    http_scope["extensions"] = {"tidings.shutdown": {}}
+    for outer in (server_scope, http_scope):
+        before = dict(outer["extensions"])
+        request = SessionRequest("ws" if outer is server_scope else "sse", None, 0, b"")
+        inner = session_scope(outer, request, object(), "tidings.session")
+        assert inner["type"] == "websocket"
+        assert inner["extensions"] == {"websocket.http.response": {}}
+        assert inner["extensions"] is not outer["extensions"]
+        assert not [key for key in inner if key.startswith("tidings.") and key != "tidings.session"]
+        assert outer["extensions"] == before  # the server's scope is left as it was
+
+
+class PlainLayer(BaseChannelLayer):
+    """Only Channels' contract (delegated to an in-memory layer): no direct delivery."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.inner = InMemoryChannelLayer(**options)
+        self.offered: list[str] = []
+
+    def set_direct(self, channel: str, send_now: Any) -> None:
+        self.offered.append(channel)
+        super().set_direct(channel, send_now)
+
+    async def send(self, channel: str, message: Message) -> None:
+        await self.inner.send(channel, dict(message))
+
+    async def receive(self, channel: str) -> Message:
+        return await self.inner.receive(channel)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return await self.inner.new_channel(prefix)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self.inner.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self.inner.group_discard(group, channel)
+
+    async def group_send(self, group: str, message: Message) -> None:
+        await self.inner.group_send(group, dict(message))
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+
+class PlainMember(Member):
+    channel_layer_alias = "plain"
+
+
+async def test_a_layer_without_direct_delivery_queues_for_the_handler() -> None:
+    layers = {
+        "default": {"BACKEND": "tidings.layers.InMemoryChannelLayer"},
+        "plain": {"BACKEND": "tests.test_direct_delivery.PlainLayer"},
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        layer = get_channel_layer("plain")
+        assert isinstance(layer, PlainLayer)
+        async with serve(PlainMember.as_asgi()) as srv:
+            clients = await join(srv.port, 2, compression=None)
+            await asyncio.sleep(0.05)
+            assert len(layer.offered) == 2  # offered by both consumers, and ignored
+            await layer.group_send("room", {"type": "websocket.send", "text": "queued"})
+            for client in clients:
+                assert await asyncio.wait_for(client.recv(), GUARD) == "queued"
+            assert Member.handled == ["queued", "queued"], "every member's handler sent it"
+            for client in clients:
+                await client.close()
+            for _ in range(100):
+                if len(layer.offered) == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(layer.offered) == 4  # and withdrawn when each consumer ended

@@ -57,7 +57,7 @@ from typing import Any, Final
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
-from tidings._types import ASGIReceive, ASGISend, Message, Scope
+from tidings._types import WEBSOCKET_DIRECT, ASGIReceive, ASGISend, Message, Scope
 from tidings.db import database_sync_to_async
 from tidings.exceptions import InvalidChannelLayerError, StopConsumer
 from tidings.layers import get_channel_layer
@@ -202,8 +202,8 @@ class AsyncConsumer:
         except StopConsumer:
             pass
         finally:
-            if self._direct_set:
-                self.channel_layer.set_direct(self.channel_name, None)  # type: ignore[union-attr]
+            if self._direct_set and self.channel_layer is not None:
+                self.channel_layer.set_direct(self.channel_name, None)
             await self._leave_groups_at_exit()
 
     _direct_set = False
@@ -211,20 +211,26 @@ class AsyncConsumer:
     def _allow_direct_sends(self) -> None:
         """Let the layer write group ``websocket.send`` messages straight to the socket.
 
-        Called once the connection is accepted. Only when the server offers
-        ``scope["tidings.send_nowait"]`` for the very ``send`` this consumer was
-        given (no middleware or transport wraps it) and the layer supports it:
-        see *Direct delivery* in :mod:`tidings.layers.inmemory`.
+        Called once the connection is accepted. Only when the scope offers the
+        ``tidings.websocket.direct`` extension (``tidings._types.WebSocketDirect``)
+        for the very ``send`` this consumer was given (no middleware wraps it);
+        the layer decides what to do with it (:meth:`BaseChannelLayer.set_direct
+        <tidings.layers.BaseChannelLayer.set_direct>`: nothing, unless it
+        supports direct delivery).
         """
         layer = self.channel_layer
-        set_direct = getattr(layer, "set_direct", None)
-        send_now = self.scope.get("tidings.send_nowait")
-        if set_direct is None or send_now is None or self._direct_set:
+        if layer is None or self._direct_set:
             return
+        direct = (self.scope.get("extensions") or {}).get(WEBSOCKET_DIRECT)
+        if direct is None:
+            return
+        send_now = direct["send_nowait"]
+        # A bound method of the server's connection: only usable if our ``send`` is
+        # that connection's own, unwrapped (a wrapper must see every message).
         owner = getattr(send_now, "__self__", None)
         if owner is None or owner is not getattr(self.base_send, "__self__", None):
             return
-        set_direct(self.channel_name, send_now)
+        layer.set_direct(self.channel_name, send_now)
         self._direct_set = True
 
     async def dispatch(self, message: Message) -> None:

@@ -139,3 +139,19 @@ def test_require_message(message: Any) -> None:
     with pytest.raises(TypeError, match="message must be a dict"):
         BaseChannelLayer.require_message(message)
     BaseChannelLayer.require_message({})
+
+
+async def test_set_direct_is_a_no_op_by_default() -> None:
+    """Direct delivery is a Tidings extension: a layer that does not override it queues
+    every message, and never calls the writer it was offered."""
+    calls: list[Message] = []
+
+    def send_now(message: Message) -> bool:
+        calls.append(message)
+        return True
+
+    for layer in (MinimalLayer(), BaseChannelLayer()):
+        assert layer.set_direct("specific.x!y", send_now) is None
+        assert layer.set_direct("specific.x!y", None) is None
+    await MinimalLayer().group_send("room", {"type": "websocket.send", "text": "x"})
+    assert calls == []

@@ -539,9 +539,9 @@ async def test_group_websocket_send_goes_to_an_idle_members_direct_sender(
 
         return send_now
 
-    layer.set_direct(idle, sender(idle, True))  # type: ignore[attr-defined]
-    layer.set_direct(busy, sender(busy, True))  # type: ignore[attr-defined]
-    layer.set_direct(refusing, sender(refusing, False))  # type: ignore[attr-defined]
+    layer.set_direct(idle, sender(idle, True))
+    layer.set_direct(busy, sender(busy, True))
+    layer.set_direct(refusing, sender(refusing, False))
     sources = {channel: layer.channel_source(channel) for channel in (idle, refusing)}
     loop = asyncio.get_running_loop()
     waiters = {}
@@ -570,7 +570,7 @@ async def test_group_websocket_send_goes_to_an_idle_members_direct_sender(
         "text": "x",
     }
     # Unregistered: queued again.
-    layer.set_direct(idle, None)  # type: ignore[attr-defined]
+    layer.set_direct(idle, None)
     await layer.group_send("room", message)
     assert await asyncio.wait_for(layer.receive(idle), GUARD) == message
     assert len(written[idle]) == 1

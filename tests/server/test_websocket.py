@@ -20,13 +20,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tidings._types import ASGIReceive, ASGISend, Message, Scope
+from tidings._types import WEBSOCKET_DIRECT, ASGIReceive, ASGISend, Message, Scope
 from tidings.server.config import Timeouts
 from tidings.server.http11 import ClientDisconnected
 from tidings.server.websocket import WebSocketProtocol
-from tidings.wire import apply_mask, encode_message
+from tidings.wire import apply_mask
 
-from ._helpers import FAST_SWEEP, Running, serve, wait_for
+from ._helpers import FAST_SWEEP, Running, exchange, serve, wait_for
 
 App = Callable[[Scope, ASGIReceive, ASGISend], Awaitable[None]]
 
@@ -712,19 +712,45 @@ async def test_deflate_negotiated_and_round_trips() -> None:
         assert await ws.recv() == "plain"
 
 
-async def test_send_frames_extension() -> None:
-    frames = encode_message("pre") + encode_message(b"encoded")
+async def test_extensions_of_the_scope() -> None:
+    """ASGI's denial responses and Tidings' direct delivery; no other extension, no
+    top-level scope key, and only for WebSocket scopes."""
+    seen: dict[str, Scope] = {}
+    results: list[object] = []
 
     async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        seen[scope["type"]] = scope
+        if scope["type"] == "http":
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
         await receive()
-        assert "tidings.websocket.send_frames" in scope["extensions"]
         await send({"type": "websocket.accept"})
-        await send({"type": "tidings.websocket.send_frames", "frames": frames})
+        direct = scope["extensions"][WEBSOCKET_DIRECT]
+        results.append(direct["send_nowait"]({"type": "websocket.send", "text": "direct"}))
+        # The former tidings.websocket.send_frames extension is gone: an unknown message.
+        with pytest.raises(RuntimeError):
+            await send({"type": "tidings.websocket.send_frames", "frames": b""})
+        await send({"type": "websocket.send", "text": "after"})
         await receive()
 
-    async with serve(app) as srv, connect(ws_url(srv)) as ws:
-        assert await ws.recv() == "pre"
-        assert await ws.recv() == b"encoded"
+    async with serve(app) as srv:
+        async with connect(ws_url(srv)) as ws:
+            assert await ws.recv() == "direct"
+            assert await ws.recv() == "after"
+        response = await exchange(
+            srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert response.endswith(b"ok")
+    assert results == [True]
+    websocket = seen["websocket"]
+    assert set(websocket["extensions"]) == {"websocket.http.response", WEBSOCKET_DIRECT}
+    assert list(websocket["extensions"][WEBSOCKET_DIRECT]) == ["send_nowait"]
+    assert not [key for key in websocket if key.startswith("tidings")]
+    http = seen["http"]
+    assert WEBSOCKET_DIRECT not in http.get("extensions", {})
+    assert not [key for key in http if key.startswith("tidings")]
 
 
 async def test_invalid_messages_raise_runtime_error() -> None:

@@ -14,6 +14,11 @@ unchanged:
 - messages older than ``expiry`` seconds are dropped, never delivered;
 - ``flush`` resets the layer (tests), ``close`` releases resources.
 
+One Tidings extension of the contract: ``set_direct(channel, send_now)``, direct
+delivery of ``websocket.send`` group messages to a WebSocket consumer's socket.
+The WebSocket consumers call it on every layer; the base version does nothing
+(messages are queued as usual), and layers that support it override it.
+
 This module holds what all backends share: option checking, name validation
 (rules in :mod:`tidings.layers._names`) and per-channel capacity lookup. It
 holds no state and no I/O; backends live in their own modules.
@@ -288,6 +293,23 @@ class BaseChannelLayer:
         The base version only receives; layers that can be polled override it.
         """
         return ChannelSource(channel, self.receive)
+
+    def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
+        """Offer ``send_now`` to deliver ``websocket.send`` group messages for ``channel``.
+
+        A Tidings extension of the contract (Channels has no such method). A
+        WebSocket consumer served by the Tidings server calls it once it has
+        accepted, with the ``send_nowait`` of the ``tidings.websocket.direct``
+        scope extension, and with None when it ends. ``send_now(message)``
+        writes the message to the client at once and returns True, or returns
+        False to have it queued as usual.
+
+        The base version ignores it: every message is queued and handled by the
+        consumer. Layers that support direct delivery override it (see
+        :meth:`InMemoryChannelLayer.set_direct
+        <tidings.layers.InMemoryChannelLayer.set_direct>`).
+        """
+        return None
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new, unguessable process-specific channel name starting with ``prefix``."""

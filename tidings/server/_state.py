@@ -15,6 +15,11 @@ A connection that ends while its app's task still runs hands the task to
 ``--application-close-timeout`` seconds later (an app that ignores the disconnect
 must not hold its task and what it references until shutdown). Nothing is
 registered for an app that returned before its connection ended.
+
+``shared_frame`` is the process's frame cache for broadcasts: every member of a
+group gets the very same ``str``/``bytes`` object, so its uncompressed WebSocket
+frame is built once per process (one event loop, one ``ServerState``) and reused
+while that object is sent again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings._types import ASGIApp
 from tidings.server.config import Config
+from tidings.wire import encode_message
 
 if TYPE_CHECKING:
     from tidings.server.proxy import ProxyTrust
@@ -133,9 +139,24 @@ class ServerState:
         self.orphans: dict[asyncio.Task[None], tuple[float, str, str]] = {}
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
         self.websocket_upgrade: Callable[[Any, dict[str, Any], bytes], None] | None = None
+        # The payload ``shared_frame`` framed last (held by identity) and its frame.
+        self.framed_payload: str | bytes | None = None
+        self._frame = b""
         self.refresh()
 
         self._idle = asyncio.Event()
+
+    def shared_frame(self, data: str | bytes) -> bytes:
+        """The uncompressed WebSocket frame of ``data``, reused while the same object is sent.
+
+        The cache is one entry, compared by identity (``is``): the payload of one
+        broadcast is framed once for all its members; an equal payload in a new
+        object is framed anew (comparing contents would cost what framing costs).
+        """
+        if self.framed_payload is not data:
+            self._frame = encode_message(data)
+            self.framed_payload = data
+        return self._frame
 
     def forget_connection(self, conn: Connection) -> None:
         self.connections.discard(conn)

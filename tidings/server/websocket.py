@@ -45,10 +45,13 @@ handshake timeout and aborts a connection whose closing handshake or final flush
 longer than ``CLOSE_TIMEOUT``. Activity is a flag set in ``data_received``, so the hot
 path never reads the clock.
 
-Server-side extension (not ASGI): ``{"type": "tidings.websocket.send_frames", "frames":
-bytes}`` writes bytes that are already complete server frames (from
-``tidings.wire.encode_message``) as they are, so a broadcast encodes once. The scope
-advertises it under ``extensions``.
+Extensions (the scope's ``extensions``): ``websocket.http.response`` (ASGI denial
+responses) and ``tidings.websocket.direct`` (``tidings._types.WebSocketDirect``): its
+``send_nowait`` writes a ``websocket.send`` message at once, or refuses, never waiting,
+so a channel layer can write a group message to an idle member's socket without waking
+its consumer. Uncompressed connections frame a str/bytes payload through
+``ServerState.shared_frame``: a broadcast hands every member the same object, and it is
+framed once per process.
 
 What the app may send, in what order and with what fields, is ``tidings._asgi``'s
 (the same rules as the session transports): ``send()`` asks it for an action and runs
@@ -67,7 +70,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from tidings._asgi import (
     ACCEPTED,
@@ -82,7 +85,7 @@ from tidings._asgi import (
     SendText,
     send_payload,
 )
-from tidings._types import ASGIApp, Message
+from tidings._types import WEBSOCKET_DIRECT, ASGIApp, Message, WebSocketExtensions
 from tidings.server._flow import WriteFlowControl
 from tidings.server._state import (
     ServerState,
@@ -127,26 +130,6 @@ CLOSE_TIMEOUT: Final = 10.0
 _HANDSHAKE_BUFFER: Final = 64 * 1024
 
 _ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
-_SEND_FRAMES: Final = "tidings.websocket.send_frames"
-_EXTENSIONS: Final[dict[str, dict[object, object]]] = {
-    "websocket.http.response": {},
-    _SEND_FRAMES: {},
-}
-
-#: The last payload ``send_nowait`` encoded and its frame: a broadcast delivers the same
-#: str/bytes object to every member, so its frame is built once (one per process: one
-#: event loop).
-_FRAME_CACHE: list[object] = [None, b""]
-
-
-def _shared_frame(data: str | bytes) -> bytes:
-    """The uncompressed frame of ``data``, reused while the same object is sent again."""
-    cache = _FRAME_CACHE
-    if cache[0] is not data:
-        cache[1] = encode_message(data)
-        cache[0] = data
-    return cast(bytes, cache[1])
-
 
 _HANDSHAKE, _OPEN, _DONE = 0, 1, 2
 _PING_PAYLOAD: Final = b"tidings"
@@ -233,6 +216,11 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._max_queue = settings.max_queue
         self._max_send_buffer = settings.max_send_buffer
         self._client: tuple[str, int] | None = scope["client"]
+        # Built per connection: direct delivery is bound to this socket.
+        extensions: WebSocketExtensions = {
+            "websocket.http.response": {},
+            WEBSOCKET_DIRECT: {"send_nowait": self.send_nowait},
+        }
         self.scope: dict[str, Any] = {
             "type": "websocket",
             "asgi": _ASGI,
@@ -247,8 +235,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             "server": scope["server"],
             "subprotocols": [],
             "state": scope["state"],
-            "extensions": _EXTENSIONS,
-            "tidings.send_nowait": self.send_nowait,
+            "extensions": extensions,
         }
         self._phase = _HANDSHAKE
         self._request: HandshakeRequest | None = None
@@ -380,9 +367,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
     def send_nowait(self, message: Message) -> bool:
         """Write a ``websocket.send`` message now, without waiting; False if it can't.
 
-        Offered to the app as ``scope["tidings.send_nowait"]`` so a channel layer can
-        hand a group message straight to an idle member's socket (see
-        ``tidings.layers.inmemory``). Returns False, and writes nothing, whenever only
+        Offered to the app as the ``tidings.websocket.direct`` extension
+        (``tidings._types.WebSocketDirect``) so a channel layer can hand a group
+        message straight to an idle member's socket (see
+        ``BaseChannelLayer.set_direct``). Returns False, and writes nothing, whenever only
         ``send()`` may handle the message: the connection is not open or is closing,
         the client is slow (writing is paused: ``send()`` must wait), or the message
         has no valid ``text``/``bytes``. An uncompressed connection reuses the frame
@@ -414,7 +402,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 else:
                     conn.send_bytes(data)
             else:
-                conn.send_encoded(_shared_frame(data))
+                conn.send_encoded(self.state.shared_frame(data))
         except (UnicodeEncodeError, ConnectionClosedError):
             return False
         self.transport.write(conn.data_to_send())
@@ -439,7 +427,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 if type(data) is str and not conn.compressing:
                     # A handler forwarding a group message sends the very same str to
                     # every member: frame it once per process.
-                    conn.send_encoded(_shared_frame(data))
+                    conn.send_encoded(self.state.shared_frame(data))
                 elif isinstance(data, str):
                     conn.send_text(data)
                 else:
@@ -465,9 +453,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             if mtype == "websocket.close" and self._asgi.phase is _APP_CLOSED:
                 return  # closing twice is harmless
             raise ClientDisconnected("WebSocket connection is closed")
-        if mtype == _SEND_FRAMES and self._phase == _OPEN and self._asgi.phase is _ACCEPTED:
-            await self._send_frames(message)
-            return
         try:
             action = self._asgi.app_sent(message)
         except ASGIMessageError as exc:
@@ -476,16 +461,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             raise
         if action is not None:
             await _ON_ACTION[type(action)](self, action)
-
-    async def _send_frames(self, message: Message) -> None:
-        """The ``tidings.websocket.send_frames`` extension: complete frames, as they are."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            conn.send_encoded(bytes(message["frames"]))
-        except ConnectionClosedError:
-            raise ClientDisconnected("WebSocket connection is closed") from None
-        await self._write_and_wait(conn.data_to_send())
 
     # -- actions (tidings._asgi), one method each -------------------------------------------
 

@@ -182,20 +182,21 @@ def parse_request(scope: Scope) -> SessionRequest | None:
 def session_scope(scope: Scope, request: SessionRequest, handle: object, key: str) -> Scope:
     """The WebSocket scope a session request runs through the ``"websocket"`` stack with.
 
-    ``handle`` goes under ``key``; the server's direct-send shortcut is left
-    out (the consumer of a session never writes to this connection itself).
+    ``handle`` goes under ``key``. The extensions are the session's own, never
+    the server's: the session answers ``websocket.http.response`` refusals
+    itself, and the consumer of a session never writes to the request's
+    connection (so no ``tidings.websocket.direct``).
     """
     inner = dict(scope)
     inner["query_string"] = request.query_string
     inner["subprotocols"] = []
     inner[key] = handle
-    inner.pop("tidings.send_nowait", None)
+    inner["extensions"] = {"websocket.http.response": {}}
     if request.action in TRANSPORT_NAMES:
         inner["transport"] = TRANSPORT_NAMES[request.action]
     if scope["type"] == "http":
         inner["type"] = "websocket"
         inner["scheme"] = "wss" if scope.get("scheme") == "https" else "ws"
-        inner["extensions"] = {"websocket.http.response": {}}
         inner.pop("method", None)
         headers = list(scope.get("headers") or ())
         if _header(scope, b"origin") is None and scope.get("method") == "GET":
