@@ -20,6 +20,7 @@ Errors::
      |    +-- RedisUnavailable    (tidings.layers.redis) Redis down or pool exhausted
      +-- RequestAborted           the client went away mid-request
           +-- RequestTimeout      the client was too slow sending the body
+     +-- TransportError           (tidings.transports.errors) inside the fallback transports
 
 Every class here subclasses ``Exception`` exactly as in Channels, so code
 written against Channels keeps catching what it caught before.

@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 
 from tidings._types import ASGIReceive, ASGISend, Scope
+from tidings.transports.errors import TransportError
 from tidings.transports.session import Decision
 
 __all__ = [
@@ -31,7 +32,7 @@ _TEXT: Final = b"text/plain; charset=utf-8"
 _JSON: Final = b"application/json"
 
 
-class ClientGone(Exception):
+class ClientGone(TransportError):
     """The client disconnected before the request was complete."""
 
 

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Final
 
 from tidings._types import Message
+from tidings.transports.errors import TransportError
 from tidings.transports.protocol import ClientMessage, cack_envelope
 
 __all__ = ["CACK_DELAY", "CACK_EVERY", "INBOX_BYTES", "INBOX_LIMIT", "Inbox", "InboxFull"]
@@ -57,7 +58,7 @@ INBOX_LIMIT: Final = 32
 INBOX_BYTES: Final = 1024 * 1024
 
 
-class InboxFull(Exception):
+class InboxFull(TransportError):
     """A push that must not wait found no room for its next new message."""
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tidings._types import Message
+from tidings.transports.errors import TransportError
 
 __all__ = [
     "CACK_TRANSPORTS",
@@ -58,7 +59,7 @@ CACK_TRANSPORTS: Final = frozenset({"websocket", "sse"})
 _MAX_SEQ: Final = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
 
 
-class ProtocolError(ValueError):
+class ProtocolError(TransportError, ValueError):
     """A client sent something that is not protocol version 1."""
 
 

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 
 from tidings._types import Message
 from tidings.layers.base import BaseChannelLayer
+from tidings.transports.errors import TransportError
 from tidings.transports.inbox import InboxFull
 from tidings.transports.protocol import ClientMessage, layer_messages
 from tidings.transports.session import LocalAttachment, Session
@@ -59,7 +60,7 @@ MESSAGE_TYPE: Final = "tidings.transports"
 KEEPALIVE: Final = 5.0
 
 
-class RemoteTimeout(Exception):
+class RemoteTimeout(TransportError):
     """The process that owns a session did not answer in time (or could not be reached)."""
 
 

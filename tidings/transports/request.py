@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote_plus
 from django.http.cookie import parse_cookie
 
 from tidings._types import Scope
+from tidings.transports.errors import TransportError
 from tidings.transports.protocol import TRANSPORT_NAMES
 
 __all__ = [
@@ -65,7 +66,7 @@ _PARAMS: Final = ("tidings", "sid", "last")
 _METHODS: Final = {"sse": "GET", "poll": "GET", "send": "POST", "close": "POST"}
 
 
-class BadRequest(Exception):
+class BadRequest(TransportError):
     """A session request that is malformed; carries the status to answer."""
 
     def __init__(self, status: int, reason: str) -> None:
