@@ -26,7 +26,6 @@ _OVER: dict[str, int] = {
     "tidings.server.http11:RequestCycle._head": 25,
     "tidings.server.http11:RequestCycle.send": 29,
     "tidings.server.websocket": 933,
-    "tidings.transports.request:parse_request": 23,
 }
 
 

@@ -146,6 +146,19 @@ def parse_request(scope: Scope) -> SessionRequest | None:
     query: bytes = scope.get("query_string") or b""
     if b"tidings" not in query:
         return None
+    found, kept = _split_query(query)
+    action = found.get("tidings")
+    if action is None:
+        return None
+    _check_action(scope, action)
+    sid = found.get("sid") or None
+    if sid is None and action in ("send", "close"):
+        raise BadRequest(400, f"tidings={action} needs a 'sid'")
+    return SessionRequest(action, sid, _last_seen(scope, action, found), b"&".join(kept))
+
+
+def _split_query(query: bytes) -> tuple[dict[str, str], list[bytes]]:
+    """The session parameters (each at most once) and the application's own, as they are."""
     found: dict[str, str] = {}
     kept: list[bytes] = []
     for part in query.split(b"&"):
@@ -156,9 +169,11 @@ def parse_request(scope: Scope) -> SessionRequest | None:
             found[name] = unquote_plus(part.partition(b"=")[2].decode("latin-1"))
         elif part:
             kept.append(part)
-    action = found.get("tidings")
-    if action is None:
-        return None
+    return found, kept
+
+
+def _check_action(scope: Scope, action: str) -> None:
+    """Refuse an action that this kind of request (WebSocket, or HTTP method) can't carry."""
     if scope["type"] == "websocket":
         if action != "ws":
             raise BadRequest(403, "only tidings=ws is a WebSocket request")
@@ -166,6 +181,10 @@ def parse_request(scope: Scope) -> SessionRequest | None:
         raise BadRequest(400, "unknown tidings action")
     elif scope.get("method") != _METHODS[action]:
         raise BadRequest(405, f"tidings={action} needs {_METHODS[action]}")
+
+
+def _last_seen(scope: Scope, action: str, found: dict[str, str]) -> int:
+    """The client's last sequence number: ``last``, or SSE's ``Last-Event-ID`` if later."""
     last_text = found.get("last") or "0"
     if not (last_text.isascii() and last_text.isdigit() and len(last_text) < 17):
         raise BadRequest(400, "'last' must be a sequence number")
@@ -174,10 +193,7 @@ def parse_request(scope: Scope) -> SessionRequest | None:
         event_id = _header(scope, b"last-event-id")
         if event_id is not None and event_id.isdigit() and len(event_id) < 17:
             last = max(last, int(event_id))
-    sid = found.get("sid") or None
-    if sid is None and action in ("send", "close"):
-        raise BadRequest(400, f"tidings={action} needs a 'sid'")
-    return SessionRequest(action, sid, last, b"&".join(kept))
+    return last
 
 
 def session_scope(scope: Scope, request: SessionRequest, handle: object, key: str) -> Scope:
