@@ -21,11 +21,8 @@ MAX_COMPLEXITY = 20
 
 #: Known offenders and their figures today: "module" -> lines, "module:function" -> complexity.
 _OVER: dict[str, int] = {
-    "tidings.server.http11": 1094,
-    "tidings.server.http11:HttpProtocol.on_headers_complete": 39,
-    "tidings.server.http11:RequestCycle._head": 25,
-    "tidings.server.http11:RequestCycle.send": 29,
-    "tidings.server.websocket": 933,
+    "tidings.server.http11": 1050,
+    "tidings.server.websocket": 908,
 }
 
 

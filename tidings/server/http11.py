@@ -34,7 +34,6 @@ What must not go here: WebSocket framing (``tidings.wire`` and
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
 import time
@@ -55,6 +54,19 @@ from tidings.server._state import (
     loggable_query,
 )
 from tidings.wire.headers import InvalidField, check_fields
+from tidings.wire.http11 import (
+    CHUNKED,
+    CONTINUE,
+    LAST_CHUNK,
+    NO_BODY,
+    RequestError,
+    check_request_head,
+    encode_chunk,
+    encode_trailers,
+    frame_response,
+    last_chunk,
+    simple_response,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,9 +90,6 @@ _EXTENSIONS: Final[dict[str, dict[object, object]]] = {
 #: up to --graceful-timeout.
 SHUTDOWN_EXTENSION: Final = "tidings.shutdown"
 
-_STATUS_LINES: dict[int, bytes] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in http.HTTPStatus
-}
 _METHODS: dict[bytes, str] = {
     m: m.decode("ascii")
     for m in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
@@ -109,32 +118,10 @@ _PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_STOP = 1, 2, 4
 _FILE_CHUNK: Final = 256 * 1024
 
 _OWS: Final = (b" ", b"\t")
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class ClientDisconnected(OSError):
     """Raised by ``send()`` once the client has gone (ASGI spec: an OSError subclass)."""
-
-
-class _RequestError(Exception):
-    """A request the server refuses; carries the status to answer with."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def simple_response(status: int, body: str | None = None, *, close: bool = True) -> bytes:
-    """A complete small plain-text response, e.g. for errors the app never sees."""
-    phrase = http.HTTPStatus(status).phrase
-    payload = (body if body is not None else phrase).encode("utf-8") + b"\n"
-    head = _STATUS_LINES[status] + b"content-type: text/plain; charset=utf-8\r\n"
-    head += b"content-length: %d\r\n" % len(payload)
-    if close:
-        head += b"connection: close\r\n"
-    return head + b"\r\n" + payload
 
 
 class HttpProtocol(WriteFlowControl, asyncio.Protocol):
@@ -170,7 +157,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         # Requests answered in order.
         self._active: RequestCycle | None = None
         self._running: set[RequestCycle] = set()  # cycles whose app task has not ended
-        self._queue: deque[RequestCycle | _RequestError] = deque()
+        self._queue: deque[RequestCycle | RequestError] = deque()
         self._paused = 0
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -253,18 +240,18 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as exc:
             err = exc.__context__
-            if isinstance(err, _RequestError):
+            if isinstance(err, RequestError):
                 self._fail(err)
             else:
                 error_log.error("internal error while parsing a request", exc_info=err)
-                self._fail(_RequestError(500, "internal error"))
+                self._fail(RequestError(500, "internal error"))
             return
         except httptools.HttpParserError as exc:
-            self._fail(_RequestError(400, _parser_reason(exc)))
+            self._fail(RequestError(400, _parser_reason(exc)))
             return
         if self._in_headers and self._raw_bytes > self.limits.max_header_size:
             # The parser holds the partial header block; cut it off here.
-            self._fail(_RequestError(431, "request header block too large"))
+            self._fail(RequestError(431, "request header block too large"))
 
     def eof_received(self) -> bool | None:
         # The client closed its side. Browsers never half-close, and a server
@@ -294,12 +281,12 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_header_size:
-            raise _RequestError(414, "request target too long")
+            raise RequestError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_size += len(name) + len(value) + 4
         if self._header_size > self.limits.max_header_size:
-            raise _RequestError(431, "request header block too large")
+            raise RequestError(431, "request header block too large")
         if not self._in_headers:
             # Trailer fields of a chunked body (RFC 9112 section 7.1.2): counted
             # against the header budget and discarded.
@@ -312,7 +299,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.limits.max_header_count:
-            raise _RequestError(431, "too many request header fields")
+            raise RequestError(431, "too many request header fields")
         kind = _SPECIAL.get(name)
         if kind is None:
             return
@@ -338,42 +325,20 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._raw_bytes = 0
         parser = self.parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise _RequestError(505, f"HTTP/{version} is not supported")
-        # RFC 9112 section 3.2: a server MUST respond with 400 to an HTTP/1.1
-        # request without Host, or with more than one Host field.
-        if self._host_count != 1 and (self._host_count > 1 or version == "1.1"):
-            raise _RequestError(400, "missing or repeated Host header")
-        if self._te is not None:
-            if version == "1.0":
-                # RFC 9112 section 6.1: the framing of such a message is faulty.
-                raise _RequestError(400, "Transfer-Encoding in an HTTP/1.0 request")
-            codings = [c.strip().lower() for c in self._te.split(b",")]
-            if codings[-1] != b"chunked":
-                # RFC 9112 section 6.3: the body length can't be determined.
-                raise _RequestError(400, "chunked is not the final transfer coding")
-            if any(c != b"chunked" for c in codings):
-                # RFC 9112 section 6.1: 501 for a transfer coding we don't implement.
-                raise _RequestError(501, "unsupported transfer coding")
-        if self._content_length > self.limits.max_body_size:
-            raise _RequestError(413, "request body larger than --max-body-size")
+        # By position: once per request, and cheaper than by keyword.
+        check_request_head(
+            version, self._host_count, self._te, self._content_length, self.limits.max_body_size
+        )
 
         raw = self._url
-        if raw[:1] == b"/":
+        if raw[:1] == b"/":  # origin-form (RFC 9112 section 3.2.1), nearly always
             q = raw.find(b"?")
             if q < 0:
                 raw_path, query = raw, b""
             else:
                 raw_path, query = raw[:q], raw[q + 1 :]
-        elif raw == b"*":
-            raw_path, query = raw, b""
         else:
-            try:
-                parsed = httptools.parse_url(raw)
-            except httptools.HttpParserInvalidURLError:
-                raise _RequestError(400, "invalid request target") from None
-            raw_path = parsed.path or b"/"
-            query = parsed.query or b""
+            raw_path, query = _other_target(raw)
         path = raw_path.decode("utf-8", "surrogateescape")
         if "%" in path:
             path = unquote(path)
@@ -387,14 +352,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         # A Unix-socket peer (client None) is local and chosen by file permissions:
         # trusted like an allowed address when proxy headers are on.
         if proxy is not None and (client is None or proxy.is_trusted(client[0])):
-            if self._xfp is not None:
-                proto = self._xfp.decode("latin-1").split(",")[-1].strip().lower()
-                if proto in ("http", "https", "ws", "wss"):
-                    scheme = "https" if proto in ("https", "wss") else "http"
-            if self._xff is not None:
-                forwarded = proxy.client_from(self._xff)
-                if forwarded is not None:
-                    client = (forwarded, 0)
+            client, scheme = self._forwarded(client, scheme)
         method = parser.get_method()
         scope: dict[str, Any] = {
             "type": "http",
@@ -412,12 +370,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             "state": self.state.lifespan_state.copy(),
             "extensions": self._extensions,
         }
-        if (
-            self._upgrade is not None
-            and self.upgrade_handler is not None
-            and parser.should_upgrade()
-            and b"websocket" in self._upgrade.lower()
-        ):
+        if self._upgrade is not None and self._websocket_upgrade():
             # Handled in data_received once the parser reports the upgrade.
             self._pending_upgrade = scope
             return
@@ -437,13 +390,38 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if len(self._queue) >= self.limits.max_pipeline:
                 self._pause(_PAUSE_PIPELINE)
 
+    def _forwarded(
+        self, client: tuple[str, int] | None, scheme: str
+    ) -> tuple[tuple[str, int] | None, str]:
+        """Client and scheme as a trusted proxy's X-Forwarded-* fields give them."""
+        proxy = self.state.proxy
+        assert proxy is not None
+        if self._xfp is not None:
+            proto = self._xfp.decode("latin-1").split(",")[-1].strip().lower()
+            if proto in ("http", "https", "ws", "wss"):
+                scheme = "https" if proto in ("https", "wss") else "http"
+        if self._xff is not None:
+            forwarded = proxy.client_from(self._xff)
+            if forwarded is not None:
+                client = (forwarded, 0)
+        return client, scheme
+
+    def _websocket_upgrade(self) -> bool:
+        upgrade = self._upgrade
+        return (
+            upgrade is not None
+            and self.upgrade_handler is not None
+            and self.parser.should_upgrade()
+            and b"websocket" in upgrade.lower()
+        )
+
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing
         if cycle is None:
             return
         cycle.body_size += len(body)
         if cycle.body_size > self.limits.max_body_size:
-            raise _RequestError(413, "request body larger than --max-body-size")
+            raise RequestError(413, "request body larger than --max-body-size")
         if cycle.discard_body:
             cycle.last_body = time.monotonic()
             cycle.body_deadline += len(body) / _MIN_BODY_RATE
@@ -498,7 +476,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             self._resume(_PAUSE_BODY)
         if self._queue:
             nxt = self._queue.popleft()
-            if isinstance(nxt, _RequestError):
+            if isinstance(nxt, RequestError):
                 self._write_error(nxt)
                 return
             self._resume(_PAUSE_PIPELINE)
@@ -515,7 +493,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._closing = True
         self.transport.close()
 
-    def _fail(self, err: _RequestError) -> None:
+    def _fail(self, err: RequestError) -> None:
         """The client sent something we refuse: answer once, in order, and close."""
         self._failed = True
         self._in_headers = False
@@ -550,7 +528,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         else:
             self._queue.append(err)
 
-    def _write_error(self, err: _RequestError) -> None:
+    def _write_error(self, err: RequestError) -> None:
         self._closing = True
         if not self.transport.is_closing():
             self.transport.write(simple_response(err.status))
@@ -569,7 +547,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         if self._active is not None or self._queue:
             # Pipelined behind other requests: a client must not do this
             # (RFC 6455 section 4.1 waits for the 101); refuse rather than buffer.
-            self._fail(_RequestError(400, "WebSocket upgrade pipelined behind requests"))
+            self._fail(RequestError(400, "WebSocket upgrade pipelined behind requests"))
             return
         handler = self.upgrade_handler
         assert handler is not None
@@ -675,7 +653,6 @@ class RequestCycle:
         "body_delivered",
         "body_size",
         "buffered",
-        "chunked",
         "declared_length",
         "discard_body",
         "disconnected",
@@ -684,7 +661,6 @@ class RequestCycle:
         "is_head",
         "keep_alive",
         "last_body",
-        "no_body",
         "protocol",
         "remaining",
         "response_complete",
@@ -731,9 +707,9 @@ class RequestCycle:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.declared_length = -1
         self.trailers = False
-        self.chunked = False
-        self.no_body = False
         self.is_head = scope["method"] == "HEAD"
+        # Bytes of a fixed-length body still to send (>= 0), or its framing once the
+        # head is written: UNTIL_CLOSE (also before), CHUNKED or NO_BODY.
         self.remaining = -1
         self.sent = 0
         self.task: asyncio.Task[None] | None = None
@@ -781,12 +757,12 @@ class RequestCycle:
                 self.trailers = False
                 self.keep_alive = False
                 if (
-                    self.chunked
+                    self.remaining == CHUNKED
                     and self.head_written
-                    and not (self.is_head or self.no_body or self.disconnected)
+                    and not self.disconnected
                     and not self.transport.is_closing()
                 ):
-                    self.transport.write(b"\r\n")
+                    self.transport.write(encode_trailers((), more=False))
                 self._complete()
             return
         self.keep_alive = False
@@ -810,7 +786,7 @@ class RequestCycle:
         if not self.body and not self.body_complete:
             if self.expect_continue and not self.sent_continue and not self.response_started:
                 self.sent_continue = True
-                self.transport.write(_CONTINUE)
+                self.transport.write(CONTINUE)
             self.last_body = time.monotonic()
             self.protocol._resume(_PAUSE_BODY)
             await self._wait()
@@ -875,9 +851,7 @@ class RequestCycle:
                 raise RuntimeError("http.response.body sent after the response was complete")
             body = message.get("body", b"")
             if type(body) is not bytes:
-                if not isinstance(body, (bytearray, memoryview)):
-                    raise TypeError("http.response.body 'body' must be bytes")
-                body = bytes(body)
+                body = _as_bytes(body)
             more = message.get("more_body", False)
             self._write_body(body, more)
             if not more:
@@ -888,43 +862,44 @@ class RequestCycle:
             if self.protocol._write_paused:
                 await self.protocol.drain()
         elif mtype == "http.response.trailers":
-            if not self.trailers or not self.response_complete or not self.head_written:
-                raise RuntimeError("http.response.trailers sent out of order or not announced")
-            more_trailers = message.get("more_trailers", False)
-            fields = list(message.get("headers", ()))
-            try:
-                check_fields(fields)
-            except InvalidField as exc:
-                raise RuntimeError(f"http.response.trailers: {exc}") from None
-            if self.chunked and not self.is_head and not self.no_body:
-                lines = [b"%s: %s\r\n" % (n, v) for n, v in fields]
-                if not more_trailers:
-                    lines.append(b"\r\n")
-                self.transport.write(b"".join(lines))
-            if not more_trailers:
-                self.trailers = False
-                self._complete()
+            self._send_trailers(message)
         elif mtype == "http.response.pathsend":
             await self._send_path(message["path"])
         else:
             raise RuntimeError(f"unexpected ASGI message {mtype!r} during an HTTP response")
 
+    def _send_trailers(self, message: Message) -> None:
+        if not self.trailers or not self.response_complete or not self.head_written:
+            raise RuntimeError("http.response.trailers sent out of order or not announced")
+        more_trailers = message.get("more_trailers", False)
+        fields = list(message.get("headers", ()))
+        try:
+            check_fields(fields)
+        except InvalidField as exc:
+            raise RuntimeError(f"http.response.trailers: {exc}") from None
+        if self.remaining == CHUNKED:
+            self.transport.write(encode_trailers(fields, more=more_trailers))
+        if not more_trailers:
+            self.trailers = False
+            self._complete()
+
     def _write_body(self, body: bytes, more: bool) -> None:
         transport = self.transport
         if not self.head_written:
             head = self._head(len(body) if not more else -1)
-            if not self.chunked and not self.no_body and not self.is_head:
-                self._check_fits(len(body))  # raise before anything is written: a 500
-            self.head_written = True
-            if self.no_body or self.is_head:
+            remaining = self.remaining
+            if remaining == NO_BODY:
+                self.head_written = True
                 self.sent += len(body)
                 transport.write(head)
                 return
-            if self.chunked:
+            if remaining == CHUNKED:
+                self.head_written = True
                 transport.writelines([head, *self._chunk_parts(body, more)])
                 self.sent += len(body)
                 return
-            self._counted(len(body))
+            self._counted(len(body))  # raises before anything is written: a 500
+            self.head_written = True
             if len(body) < 16384:
                 transport.write(head + body)
             else:
@@ -932,10 +907,11 @@ class RequestCycle:
             if not more:
                 self._check_length()
             return
-        if self.no_body or self.is_head:
+        remaining = self.remaining
+        if remaining == NO_BODY:
             self.sent += len(body)
             return
-        if self.chunked:
+        if remaining == CHUNKED:
             parts = self._chunk_parts(body, more)
             if parts:
                 transport.writelines(parts)
@@ -948,24 +924,19 @@ class RequestCycle:
             self._check_length()
 
     def _chunk_parts(self, body: bytes, more: bool) -> list[bytes]:
-        """``body`` as one chunk (RFC 9112 section 7.1), plus the last chunk when done.
-
-        With trailers announced, the last chunk is left open for the trailer fields.
-        """
-        parts = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+        """``body`` as one chunk, plus the last chunk when done (left open for trailers)."""
+        parts = encode_chunk(body)
         if not more:
-            parts.append(b"0\r\n" if self.trailers else _LAST_CHUNK)
+            parts.append(last_chunk(trailers=self.trailers))
         return parts
 
-    def _check_fits(self, n: int) -> None:
-        if 0 <= self.remaining < n:
-            raise RuntimeError("response body longer than its Content-Length")
-
     def _counted(self, n: int) -> None:
-        self._check_fits(n)
+        remaining = self.remaining
+        if remaining >= 0:
+            if remaining < n:
+                raise RuntimeError("response body longer than its Content-Length")
+            self.remaining = remaining - n
         self.sent += n
-        if self.remaining >= 0:
-            self.remaining -= n
 
     def _check_length(self) -> None:
         if self.remaining > 0:
@@ -974,59 +945,25 @@ class RequestCycle:
             self.keep_alive = False
 
     def _head(self, body_length: int) -> bytes:
-        """Status line and headers. ``body_length`` is -1 when the body streams."""
-        status = self.status
+        """The response head; sets the body framing. ``body_length`` is -1 when it streams."""
         protocol = self.protocol
-        scope = self.scope
-        lines = [
-            _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
-            protocol.state.date_header,
-        ]
-        content_length = self.declared_length  # checked by check_fields at the start
-        length_seen = False
-        app_chunked = False
-        for name, value in self.response_headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                if length_seen:
-                    continue  # a repeated identical value: send it once
-                length_seen = True
-            elif lname == b"transfer-encoding":
-                app_chunked = True
-                continue  # framing is ours to choose
-            elif lname == b"connection":
-                if b"close" in value.lower():
-                    self.keep_alive = False
-                continue
-            lines += (name, b": ", value, b"\r\n")
-        http10 = scope["http_version"] == "1.0"
-        if status < 200 or status == 204 or status == 304:
-            self.no_body = True
-        elif content_length >= 0:
-            self.remaining = content_length
-        elif body_length >= 0 and not app_chunked and not self.trailers:
-            if not (self.is_head and body_length == 0):
-                lines.append(b"content-length: %d\r\n" % body_length)
-            self.remaining = body_length
-        elif self.is_head:
-            pass
-        elif http10:
-            self.keep_alive = False  # the body ends when the connection does
-        else:
-            self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
-        if protocol._closing or (
-            self.expect_continue and not self.sent_continue and not self.body_complete
-        ):
+        keep_alive = self.keep_alive and not protocol._closing
+        if self.expect_continue and not self.sent_continue and not self.body_complete:
             # A client still waiting for "100 Continue" will not send the body
             # we would have to skip (RFC 9110 section 10.1.1): don't reuse.
-            self.keep_alive = False
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        elif http10:
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            keep_alive = False
+        head, self.remaining, self.keep_alive = frame_response(
+            self.status,
+            self.response_headers,
+            self.declared_length,  # checked by check_fields at the start
+            body_length,
+            self.is_head,
+            self.scope["http_version"] == "1.0",
+            self.trailers,
+            keep_alive,
+            protocol.state.date_header,
+        )
+        return head
 
     async def _send_path(self, path: str) -> None:
         if self.head_written:
@@ -1041,8 +978,9 @@ class RequestCycle:
             head = self._head(size)
             self.head_written = True
             transport.write(head)
-            if not (self.no_body or self.is_head):
-                if self.remaining >= 0 and self.remaining != size:
+            remaining = self.remaining
+            if remaining != NO_BODY:
+                if remaining >= 0 and remaining != size:
                     raise RuntimeError("http.response.pathsend: Content-Length differs from file")
                 left = size
                 while left > 0:
@@ -1050,8 +988,8 @@ class RequestCycle:
                     if not chunk:
                         break
                     left -= len(chunk)
-                    if self.chunked:
-                        transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    if remaining == CHUNKED:
+                        transport.writelines(encode_chunk(chunk))
                     else:
                         transport.write(chunk)
                     self.sent += len(chunk)
@@ -1061,9 +999,10 @@ class RequestCycle:
                         raise ClientDisconnected("client disconnected")
                 if left:
                     self.keep_alive = False  # the file shrank under us
-                if self.chunked:
-                    transport.write(_LAST_CHUNK)
-                self.remaining = 0
+                if remaining == CHUNKED:
+                    transport.write(LAST_CHUNK)
+                else:
+                    self.remaining = 0
         finally:
             os.close(fd)
         self._complete()
@@ -1087,6 +1026,23 @@ class RequestCycle:
                 self.sent,
             )
         protocol.cycle_done(self)
+
+
+def _as_bytes(body: object) -> bytes:
+    if not isinstance(body, (bytearray, memoryview)):
+        raise TypeError("http.response.body 'body' must be bytes")
+    return bytes(body)
+
+
+def _other_target(raw: bytes) -> tuple[bytes, bytes]:
+    """Path and query of an asterisk-form or absolute-form target (RFC 9112 section 3.2)."""
+    if raw == b"*":
+        return raw, b""
+    try:
+        parsed = httptools.parse_url(raw)
+    except httptools.HttpParserInvalidURLError:
+        raise RequestError(400, "invalid request target") from None
+    return parsed.path or b"/", parsed.query or b""
 
 
 def _parser_reason(exc: Exception) -> str:

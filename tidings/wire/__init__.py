@@ -9,7 +9,9 @@ server's transports drive it. WebSocket pieces:
 * ``websocket``: ``WebSocketConnection``, the per-connection state machine.
 
 HTTP pieces: ``headers`` checks the header fields an application sends
-(``check_fields``; ``InvalidField``, a ``ValueError``, says what was wrong).
+(``check_fields``; ``InvalidField``, a ``ValueError``, says what was wrong);
+``http11`` holds the HTTP/1.1 request-head rules (``check_request_head``) and the
+one writer of response heads (``frame_response``) with chunk and trailer framing.
 
 Error tree (all importable from here)::
 
@@ -17,6 +19,8 @@ Error tree (all importable from here)::
      +-- ProtocolError(code, reason)            answer with WebSocket close `code`
      +-- ConnectionClosedError                  sending after the closing handshake began
      +-- HandshakeError(status, reason, headers)  answer with HTTP `status`
+    RequestError(status, reason)                an HTTP/1.1 request refused with `status`
+    InvalidField                                a response field we must not send (ValueError)
 """
 
 from __future__ import annotations
@@ -48,6 +52,16 @@ from tidings.wire.handshake import (
     parse_request,
 )
 from tidings.wire.headers import InvalidField, check_fields
+from tidings.wire.http11 import (
+    RequestError,
+    check_request_head,
+    encode_chunk,
+    encode_trailers,
+    frame_response,
+    last_chunk,
+    simple_response,
+    status_line,
+)
 from tidings.wire.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BytesMessage,
@@ -84,6 +98,7 @@ __all__ = [
     "PingReceived",
     "PongReceived",
     "ProtocolError",
+    "RequestError",
     "TextMessage",
     "WebSocketConnection",
     "WebSocketError",
@@ -92,12 +107,19 @@ __all__ = [
     "build_accept_response",
     "build_error_response",
     "check_fields",
+    "check_request_head",
     "encode_bytes",
+    "encode_chunk",
     "encode_frame",
     "encode_message",
     "encode_text",
+    "encode_trailers",
+    "frame_response",
     "is_valid_close_code",
+    "last_chunk",
     "negotiate_deflate",
     "parse_extensions",
     "parse_request",
+    "simple_response",
+    "status_line",
 ]
