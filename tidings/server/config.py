@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from tidings.server._options import check, default
+from tidings.server.errors import ServerError
 
 __all__ = [
     "DEFAULT_APPLICATION_CLOSE_TIMEOUT",
@@ -66,7 +67,7 @@ DEFAULT_WS_MAX_SEND_BUFFER: Final[int] = default("websocket.max_send_buffer")
 DEFAULT_WS_MAX_QUEUE: Final[int] = default("websocket.max_queue")
 
 
-class ConfigError(ValueError):
+class ConfigError(ServerError, ValueError):
     """A configuration value is invalid; the message names the flag."""
 
 

@@ -53,6 +53,7 @@ from tidings.server._state import (
     loggable,
     loggable_query,
 )
+from tidings.server.errors import ServerError
 from tidings.wire.headers import InvalidField, check_fields
 from tidings.wire.http11 import (
     CHUNKED,
@@ -120,7 +121,7 @@ _FILE_CHUNK: Final = 256 * 1024
 _OWS: Final = (b" ", b"\t")
 
 
-class ClientDisconnected(OSError):
+class ClientDisconnected(ServerError, OSError):
     """Raised by ``send()`` once the client has gone (ASGI spec: an OSError subclass)."""
 
 

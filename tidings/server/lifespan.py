@@ -15,13 +15,14 @@ from typing import Any
 
 from tidings._types import ASGIApp, Message
 from tidings.server.config import LifespanMode
+from tidings.server.errors import ServerError
 
 __all__ = ["Lifespan", "LifespanError"]
 
 logger = logging.getLogger("tidings.error")
 
 
-class LifespanError(Exception):
+class LifespanError(ServerError):
     """Startup or shutdown failed; the message is the app's."""
 
 

@@ -32,6 +32,7 @@ from tidings._types import ASGIApp
 from tidings.server._state import ServerState
 from tidings.server._worker import EXIT_STARTUP_FAILED
 from tidings.server.config import Config, ConfigError
+from tidings.server.errors import ServerError
 from tidings.server.http11 import HttpProtocol
 from tidings.server.lifespan import Lifespan, LifespanError
 from tidings.server.proxy import ProxyTrust
@@ -56,7 +57,7 @@ SIGNAL_DEBOUNCE = 1.0
 _SWEEP_INTERVAL = 1.0
 
 
-class AppImportError(Exception):
+class AppImportError(ServerError):
     """The ``module:attr`` given to ``tidings serve`` could not be loaded."""
 
 
