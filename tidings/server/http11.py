@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 httptools (llhttp) parses; its callbacks land on the protocol object. Each
-request becomes a ``RequestCycle`` holding the ASGI scope, the buffered request
-body and the response state, and is run as one task. Requests are answered
-strictly in arrival order (RFC 9112 section 9.3.2): while a cycle is active,
-later pipelined requests wait in ``_queue`` and reading pauses once
-``max_pipeline`` are waiting.
+request becomes a ``RequestCycle`` (``tidings.server._cycle``) holding the ASGI
+scope, the buffered request body and the response state, and is run as one task.
+Requests are answered strictly in arrival order (RFC 9112 section 9.3.2): while a
+cycle is active, later pipelined requests wait in ``_queue`` and reading pauses
+once ``max_pipeline`` are waiting.
 
 Invariants:
 - At most one cycle writes to the transport at a time (``_active``).
@@ -17,9 +17,7 @@ Invariants:
 - A malformed request gets one status line (400, 413, 414, 431, 501, 505),
   ``Connection: close``, one log line and no traceback; requests already
   queued before it are answered first.
-- Nothing the app sends is written unchecked: response and trailer fields pass
-  ``tidings.wire.headers.check_fields`` when they are sent (a bad one raises in the
-  app's ``send``: a 500), and request data is escaped (``loggable``) before it is logged.
+- Nothing the app sends is written unchecked (the cycle's invariants, in ``_cycle``).
 - Timeouts are not timers per request: the server's once-a-second sweep calls
   ``check_timeouts``, which keeps the hot path free of ``call_later``.
 - Every cycle whose app task runs is in ``_running`` until the task ends, also
@@ -27,15 +25,15 @@ Invariants:
   ``ServerState.orphaned``, which cancels any still running after
   ``--application-close-timeout``.
 
-What must not go here: WebSocket framing (``tidings.wire`` and
-``tidings.server.websocket``) and anything that knows about Django.
+What must not go here: the request/response exchange (``RequestCycle`` in
+``_cycle``), WebSocket framing (``tidings.wire`` and ``tidings.server.websocket``)
+and anything that knows about Django.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -43,31 +41,16 @@ from urllib.parse import unquote
 
 import httptools
 
-from tidings._types import ASGIApp, Message
+from tidings.server._cycle import (
+    PAUSE_BODY,
+    PAUSE_PIPELINE,
+    PAUSE_STOP,
+    ClientDisconnected,
+    RequestCycle,
+)
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import (
-    ServerState,
-    access_log,
-    error_log,
-    fmt_client,
-    loggable,
-    loggable_query,
-)
-from tidings.server.errors import ServerError
-from tidings.wire.headers import InvalidField, check_fields
-from tidings.wire.http11 import (
-    CHUNKED,
-    CONTINUE,
-    LAST_CHUNK,
-    NO_BODY,
-    RequestError,
-    check_request_head,
-    encode_chunk,
-    encode_trailers,
-    frame_response,
-    last_chunk,
-    simple_response,
-)
+from tidings.server._state import ServerState, error_log, fmt_client
+from tidings.wire.http11 import RequestError, check_request_head, simple_response
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,16 +96,8 @@ _SPECIAL: Final = {
 _MIN_BODY_RATE: Final = 500
 # Unread request body above which reading pauses until the app calls receive().
 _BODY_HIGH_WATER: Final = 256 * 1024
-# Reasons reading is paused, as bits: resume only when all are gone.
-_PAUSE_BODY, _PAUSE_PIPELINE, _PAUSE_STOP = 1, 2, 4
-# Response chunk size for http.response.pathsend.
-_FILE_CHUNK: Final = 256 * 1024
 
 _OWS: Final = (b" ", b"\t")
-
-
-class ClientDisconnected(ServerError, OSError):
-    """Raised by ``send()`` once the client has gone (ASGI spec: an OSError subclass)."""
 
 
 class HttpProtocol(WriteFlowControl, asyncio.Protocol):
@@ -389,7 +364,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         else:
             self._queue.append(cycle)
             if len(self._queue) >= self.limits.max_pipeline:
-                self._pause(_PAUSE_PIPELINE)
+                self._pause(PAUSE_PIPELINE)
 
     def _forwarded(
         self, client: tuple[str, int] | None, scheme: str
@@ -435,7 +410,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if cycle.buffered > _BODY_HIGH_WATER:
-            self._pause(_PAUSE_BODY)
+            self._pause(PAUSE_BODY)
 
     def on_message_complete(self) -> None:
         cycle = self._parsing
@@ -474,19 +449,19 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             cycle.discard_body = True
             cycle.body.clear()
             cycle.buffered = 0
-            self._resume(_PAUSE_BODY)
+            self._resume(PAUSE_BODY)
         if self._queue:
             nxt = self._queue.popleft()
             if isinstance(nxt, RequestError):
                 self._write_error(nxt)
                 return
-            self._resume(_PAUSE_PIPELINE)
+            self._resume(PAUSE_PIPELINE)
             self._start(nxt)
             return
         if self._closing:
             self._close()
             return
-        self._resume(_PAUSE_PIPELINE)
+        self._resume(PAUSE_PIPELINE)
         if self._parsing is None and not self._in_headers:
             self._idle_since = time.monotonic()
 
@@ -499,7 +474,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._failed = True
         self._in_headers = False
         self._header_start = None
-        self._pause(_PAUSE_STOP)
+        self._pause(PAUSE_STOP)
         parsing = self._parsing
         self._parsing = None
         if parsing is not None and parsing is not self._active:
@@ -642,397 +617,6 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if isinstance(cycle, RequestCycle) and cycle.task is not None:
                 cycle.task.cancel()
         self.transport.close()
-
-
-class RequestCycle:
-    """One request and its response: the ``receive`` and ``send`` the app gets."""
-
-    __slots__ = (
-        "body",
-        "body_complete",
-        "body_deadline",
-        "body_delivered",
-        "body_size",
-        "buffered",
-        "declared_length",
-        "discard_body",
-        "disconnected",
-        "expect_continue",
-        "head_written",
-        "is_head",
-        "keep_alive",
-        "last_body",
-        "protocol",
-        "remaining",
-        "response_complete",
-        "response_headers",
-        "response_started",
-        "scope",
-        "sent",
-        "sent_continue",
-        "status",
-        "task",
-        "trailers",
-        "transport",
-        "waiter",
-    )
-
-    def __init__(
-        self,
-        protocol: HttpProtocol,
-        scope: dict[str, Any],
-        *,
-        keep_alive: bool,
-        expect_continue: bool,
-    ) -> None:
-        self.protocol = protocol
-        self.transport = protocol.transport
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-        self.sent_continue = False
-        self.body: list[bytes] = []
-        self.buffered = 0
-        self.body_size = 0
-        self.body_complete = False
-        self.body_delivered = False
-        self.discard_body = False
-        self.last_body = 0.0
-        self.body_deadline = 0.0
-        self.waiter: asyncio.Future[None] | None = None
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
-        self.head_written = False
-        self.status = 0
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.declared_length = -1
-        self.trailers = False
-        self.is_head = scope["method"] == "HEAD"
-        # Bytes of a fixed-length body still to send (>= 0), or its framing once the
-        # head is written: UNTIL_CLOSE (also before), CHUNKED or NO_BODY.
-        self.remaining = -1
-        self.sent = 0
-        self.task: asyncio.Task[None] | None = None
-
-    def on_disconnect(self) -> None:
-        self.disconnected = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def run(self, app: ASGIApp) -> None:
-        protocol = self.protocol
-        try:
-            await app(self.scope, self.receive, self.send)
-        except Exception as exc:
-            if self.disconnected or isinstance(exc, ClientDisconnected):
-                error_log.debug("ASGI application stopped after the client left: %r", exc)
-            else:
-                error_log.error("Exception in ASGI application", exc_info=exc)
-            self._fail_response()
-        else:
-            if not self.response_started:
-                if not self.disconnected:
-                    error_log.error("ASGI application returned without starting a response")
-                self._fail_response()
-            elif not self.response_complete:
-                if not self.disconnected:
-                    error_log.error("ASGI application returned without completing the response")
-                self._fail_response()
-            elif self.trailers:
-                if not self.disconnected:
-                    error_log.error("ASGI application returned without the trailers it announced")
-                self._fail_response()
-        finally:
-            protocol._running.discard(self)
-            if self.task is not None:
-                protocol.state.forget_task(self.task)
-
-    def _fail_response(self) -> None:
-        if self.response_complete:
-            if self.trailers:
-                # The body went out but the announced trailers never came: end the
-                # chunked message with an empty trailer section (it must not stay
-                # open: the connection would hang), and don't reuse the connection.
-                self.trailers = False
-                self.keep_alive = False
-                if (
-                    self.remaining == CHUNKED
-                    and self.head_written
-                    and not self.disconnected
-                    and not self.transport.is_closing()
-                ):
-                    self.transport.write(encode_trailers((), more=False))
-                self._complete()
-            return
-        self.keep_alive = False
-        self.response_complete = True
-        transport = self.transport
-        if not self.head_written and not self.disconnected and not transport.is_closing():
-            transport.write(simple_response(500, "Internal Server Error"))
-            self.status = 500
-        self.protocol.cycle_done(self)
-
-    # -- receive ------------------------------------------------------------------------
-
-    async def receive(self) -> Message:
-        if self.disconnected or self.response_complete:
-            return {"type": "http.disconnect"}
-        if self.body_delivered:
-            # The whole body was delivered: the next event is the disconnect,
-            # after the response is complete or when the client leaves.
-            await self._wait()
-            return {"type": "http.disconnect"}
-        if not self.body and not self.body_complete:
-            if self.expect_continue and not self.sent_continue and not self.response_started:
-                self.sent_continue = True
-                self.transport.write(CONTINUE)
-            self.last_body = time.monotonic()
-            self.protocol._resume(_PAUSE_BODY)
-            await self._wait()
-            if self._gone():
-                return {"type": "http.disconnect"}
-        chunks = self.body
-        if len(chunks) == 1:
-            body = chunks[0]
-            chunks.clear()
-        elif chunks:
-            body = b"".join(chunks)
-            chunks.clear()
-        else:
-            body = b""
-        if self.buffered:
-            self.buffered = 0
-            self.protocol._resume(_PAUSE_BODY)
-        more = not self.body_complete
-        if not more:
-            self.body_delivered = True
-        return {"type": "http.request", "body": body, "more_body": more}
-
-    def _gone(self) -> bool:
-        return self.disconnected
-
-    async def _wait(self) -> None:
-        waiter = self.waiter = self.protocol.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    # -- send ---------------------------------------------------------------------------
-
-    async def send(self, message: Message) -> None:
-        mtype = message["type"]
-        if self.disconnected:
-            raise ClientDisconnected("client disconnected")
-        if not self.response_started:
-            if mtype != "http.response.start":
-                raise RuntimeError(f"expected ASGI message 'http.response.start', got {mtype!r}")
-            status = message["status"]
-            if not isinstance(status, int) or not 200 <= status <= 599:
-                raise RuntimeError(f"invalid HTTP status {status!r} in http.response.start")
-            headers = message.get("headers", ())
-            if type(headers) is not list:
-                headers = list(headers)
-            try:
-                # Before anything is written: a bad header is a 500, never on the wire.
-                self.declared_length = check_fields(headers)
-            except InvalidField as exc:
-                raise RuntimeError(f"http.response.start: {exc}") from None
-            self.response_started = True
-            self.status = status
-            self.response_headers = headers
-            self.trailers = bool(message.get("trailers", False))
-            return
-        if self.response_complete and not self.trailers:
-            raise RuntimeError(f"ASGI message {mtype!r} sent after the response was complete")
-        if mtype == "http.response.body":
-            if self.response_complete:
-                raise RuntimeError("http.response.body sent after the response was complete")
-            body = message.get("body", b"")
-            if type(body) is not bytes:
-                body = _as_bytes(body)
-            more = message.get("more_body", False)
-            self._write_body(body, more)
-            if not more:
-                if self.trailers:
-                    self.response_complete = True
-                else:
-                    self._complete()
-            if self.protocol._write_paused:
-                await self.protocol.drain()
-        elif mtype == "http.response.trailers":
-            self._send_trailers(message)
-        elif mtype == "http.response.pathsend":
-            await self._send_path(message["path"])
-        else:
-            raise RuntimeError(f"unexpected ASGI message {mtype!r} during an HTTP response")
-
-    def _send_trailers(self, message: Message) -> None:
-        if not self.trailers or not self.response_complete or not self.head_written:
-            raise RuntimeError("http.response.trailers sent out of order or not announced")
-        more_trailers = message.get("more_trailers", False)
-        fields = list(message.get("headers", ()))
-        try:
-            check_fields(fields)
-        except InvalidField as exc:
-            raise RuntimeError(f"http.response.trailers: {exc}") from None
-        if self.remaining == CHUNKED:
-            self.transport.write(encode_trailers(fields, more=more_trailers))
-        if not more_trailers:
-            self.trailers = False
-            self._complete()
-
-    def _write_body(self, body: bytes, more: bool) -> None:
-        transport = self.transport
-        if not self.head_written:
-            head = self._head(len(body) if not more else -1)
-            remaining = self.remaining
-            if remaining == NO_BODY:
-                self.head_written = True
-                self.sent += len(body)
-                transport.write(head)
-                return
-            if remaining == CHUNKED:
-                self.head_written = True
-                transport.writelines([head, *self._chunk_parts(body, more)])
-                self.sent += len(body)
-                return
-            self._counted(len(body))  # raises before anything is written: a 500
-            self.head_written = True
-            if len(body) < 16384:
-                transport.write(head + body)
-            else:
-                transport.writelines((head, body))
-            if not more:
-                self._check_length()
-            return
-        remaining = self.remaining
-        if remaining == NO_BODY:
-            self.sent += len(body)
-            return
-        if remaining == CHUNKED:
-            parts = self._chunk_parts(body, more)
-            if parts:
-                transport.writelines(parts)
-            self.sent += len(body)
-            return
-        self._counted(len(body))
-        if body:
-            transport.write(body)
-        if not more:
-            self._check_length()
-
-    def _chunk_parts(self, body: bytes, more: bool) -> list[bytes]:
-        """``body`` as one chunk, plus the last chunk when done (left open for trailers)."""
-        parts = encode_chunk(body)
-        if not more:
-            parts.append(last_chunk(trailers=self.trailers))
-        return parts
-
-    def _counted(self, n: int) -> None:
-        remaining = self.remaining
-        if remaining >= 0:
-            if remaining < n:
-                raise RuntimeError("response body longer than its Content-Length")
-            self.remaining = remaining - n
-        self.sent += n
-
-    def _check_length(self) -> None:
-        if self.remaining > 0:
-            # The client would wait for bytes that never come.
-            error_log.error("response body shorter than its Content-Length; closing connection")
-            self.keep_alive = False
-
-    def _head(self, body_length: int) -> bytes:
-        """The response head; sets the body framing. ``body_length`` is -1 when it streams."""
-        protocol = self.protocol
-        keep_alive = self.keep_alive and not protocol._closing
-        if self.expect_continue and not self.sent_continue and not self.body_complete:
-            # A client still waiting for "100 Continue" will not send the body
-            # we would have to skip (RFC 9110 section 10.1.1): don't reuse.
-            keep_alive = False
-        head, self.remaining, self.keep_alive = frame_response(
-            self.status,
-            self.response_headers,
-            self.declared_length,  # checked by check_fields at the start
-            body_length,
-            self.is_head,
-            self.scope["http_version"] == "1.0",
-            self.trailers,
-            keep_alive,
-            protocol.state.date_header,
-        )
-        return head
-
-    async def _send_path(self, path: str) -> None:
-        if self.head_written:
-            raise RuntimeError("http.response.pathsend after the body had started")
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise RuntimeError(f"http.response.pathsend: cannot open {path!r}: {exc}") from exc
-        try:
-            size = os.fstat(fd).st_size
-            transport = self.transport
-            head = self._head(size)
-            self.head_written = True
-            transport.write(head)
-            remaining = self.remaining
-            if remaining != NO_BODY:
-                if remaining >= 0 and remaining != size:
-                    raise RuntimeError("http.response.pathsend: Content-Length differs from file")
-                left = size
-                while left > 0:
-                    chunk = os.read(fd, min(_FILE_CHUNK, left))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                    if remaining == CHUNKED:
-                        transport.writelines(encode_chunk(chunk))
-                    else:
-                        transport.write(chunk)
-                    self.sent += len(chunk)
-                    if self.protocol._write_paused:
-                        await self.protocol.drain()
-                    if self.disconnected:
-                        raise ClientDisconnected("client disconnected")
-                if left:
-                    self.keep_alive = False  # the file shrank under us
-                if remaining == CHUNKED:
-                    transport.write(LAST_CHUNK)
-                else:
-                    self.remaining = 0
-        finally:
-            os.close(fd)
-        self._complete()
-
-    def _complete(self) -> None:
-        self.response_complete = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        protocol = self.protocol
-        if protocol.state.access_log:
-            scope = self.scope
-            access_log.info(
-                '%s - "%s %s%s HTTP/%s" %d %d',
-                fmt_client(scope["client"]),
-                loggable(scope["method"]),
-                loggable(scope["path"]),
-                loggable_query(scope["query_string"]),
-                scope["http_version"],
-                self.status,
-                self.sent,
-            )
-        protocol.cycle_done(self)
-
-
-def _as_bytes(body: object) -> bytes:
-    if not isinstance(body, (bytearray, memoryview)):
-        raise TypeError("http.response.body 'body' must be bytes")
-    return bytes(body)
 
 
 def _other_target(raw: bytes) -> tuple[bytes, bytes]:

@@ -12,14 +12,11 @@ Phases (``_phase``)::
     HANDSHAKE --websocket.accept--> OPEN --close handshake / EOF / abort--> DONE
     HANDSHAKE --websocket.close, denial response, app error, timeout--> DONE
 
-* HANDSHAKE: the request was checked with ``wire.parse_request`` (a bad one got 400,
-  405 or 426 and never reached the app). The app's first ``receive()`` is
-  ``websocket.connect``; it answers ``websocket.accept`` (101, permessage-deflate
-  negotiated when enabled), ``websocket.close`` (403, empty body) or the
-  ``websocket.http.response`` denial extension (its own HTTP response). Returning before
-  that gets 403, raising gets 500, and not answering within ``handshake_timeout`` gets
-  503 (the server gives up on a slow app: "try again later"). Frames that arrive early
-  are held (reading pauses past 64 KiB) and fed to the core on accept.
+* HANDSHAKE: ``_ws_handshake`` checks the request (a bad one never reaches the app) and
+  carries out the app's answer to ``websocket.connect``: ``websocket.accept`` goes OPEN;
+  a refusal, a denial response, returning, raising or a timeout is an HTTP response,
+  then DONE. Frames that arrive early are held (reading pauses past 64 KiB) and fed to
+  the core on accept.
 * OPEN: bytes go to ``wire.WebSocketConnection``; its events become ASGI messages in a
   deque that ``receive()`` pops, with one future for a ``receive()`` that waits. Pongs
   and close echoes the core queues are written once per ``data_received``. Reading
@@ -38,12 +35,9 @@ and ``--ws-max-send-buffer``. ``send()`` waits while the transport is above it
 concurrent senders, a ping flood from a client that does not read) means the client has
 stopped reading: the connection is closed with 1008 and the transport aborted.
 
-Timers: none per connection. The server's once-a-second sweep calls ``check_timeouts``,
-which sends keepalive pings after ``ping_interval`` without traffic, closes with 1011
-when nothing (a pong or any data) arrived within ``ping_timeout`` of a ping, enforces the
-handshake timeout and aborts a connection whose closing handshake or final flush took
-longer than ``CLOSE_TIMEOUT``. Activity is a flag set in ``data_received``, so the hot
-path never reads the clock.
+Timers: none per connection. The server's once-a-second sweep calls ``check_timeouts``
+(``_ws_timeouts``: keepalive pings; the handshake, ping and close timeouts). Activity is
+a flag set in ``data_received``, so the hot path never reads the clock.
 
 Extensions (the scope's ``extensions``): ``websocket.http.response`` (ASGI denial
 responses) and ``tidings.websocket.direct`` (``tidings._types.WebSocketDirect``): its
@@ -69,7 +63,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from tidings._asgi import (
@@ -86,16 +79,10 @@ from tidings._asgi import (
     send_payload,
 )
 from tidings._types import WEBSOCKET_DIRECT, ASGIApp, Message, WebSocketExtensions
+from tidings.server import _ws_handshake, _ws_timeouts
 from tidings.server._flow import WriteFlowControl
-from tidings.server._state import (
-    ServerState,
-    access_log,
-    error_log,
-    fmt_client,
-    loggable,
-    loggable_query,
-)
-from tidings.server.http11 import ClientDisconnected, simple_response
+from tidings.server._state import ServerState, error_log, fmt_client
+from tidings.server.http11 import ClientDisconnected
 from tidings.wire import (
     BytesMessage,
     CloseReceived,
@@ -104,18 +91,13 @@ from tidings.wire import (
     ConnectionLost,
     ConnectionState,
     DeflateConfig,
-    HandshakeError,
     HandshakeRequest,
     PongReceived,
     TextMessage,
     WebSocketConnection,
-    build_accept_response,
-    build_error_response,
     encode_message,
-    negotiate_deflate,
-    parse_request,
 )
-from tidings.wire.headers import InvalidField, check_fields
+from tidings.wire.http11 import simple_response
 
 if TYPE_CHECKING:
     from tidings.server.http11 import HttpProtocol
@@ -131,8 +113,8 @@ _HANDSHAKE_BUFFER: Final = 64 * 1024
 
 _ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
 
-_HANDSHAKE, _OPEN, _DONE = 0, 1, 2
-_PING_PAYLOAD: Final = b"tidings"
+_HANDSHAKE, _OPEN, _DONE = _ws_handshake.HANDSHAKE, _ws_handshake.OPEN, _ws_handshake.DONE
+_disconnect = _ws_handshake.disconnect
 _CONN_OPEN: Final = ConnectionState.OPEN
 _ACCEPTED: Final = ACCEPTED
 _DENYING: Final = DENYING
@@ -149,10 +131,6 @@ def install(state: ServerState) -> None:
         protocol.start(scope["method"], trailing)
 
     state.websocket_upgrade = upgrade
-
-
-def _disconnect(code: int, reason: str = "") -> Message:
-    return {"type": "websocket.disconnect", "code": code, "reason": reason}
 
 
 class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
@@ -277,30 +255,15 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             trailing: bytes the client sent after the request; fed in after accept.
         """
         state = self.state
-        scope = self.scope
         state.connections.add(self)
         self.transport.set_write_buffer_limits(
             high=min(state.config.limits.write_high_water, self._max_send_buffer)
         )
-        try:
-            request = parse_request(
-                method=method, http_version=scope["http_version"], headers=scope["headers"]
-            )
-        except HandshakeError as exc:
-            # The client's mistake: one line, no traceback, and the app never runs.
-            error_log.info(
-                "%s - WebSocket handshake refused: %d %s",
-                fmt_client(self._client),
-                exc.status,
-                exc.reason,
-            )
-            self._respond(build_error_response(exc), exc.status)
-            return
-        if state.closing:
-            self._respond(simple_response(503, "Server shutting down"), 503)
+        request = _ws_handshake.check_request(self, method)
+        if request is None:
             return
         self._request = request
-        scope["subprotocols"] = list(request.subprotocols)
+        self.scope["subprotocols"] = list(request.subprotocols)
         self._queue.append({"type": "websocket.connect"})
         if trailing:
             self.data_received(trailing)
@@ -316,7 +279,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             # Cancelled from outside (shutdown past its grace period): don't leave the
             # client attached to nothing.
             if self._phase == _HANDSHAKE:
-                self._respond(simple_response(503, "Server shutting down"), 503)
+                _ws_handshake.respond(self, simple_response(503, "Server shutting down"), 503)
             elif self._phase == _OPEN:
                 self._close(1001, "")
             raise
@@ -326,7 +289,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 self._close_transport()
             elif self._phase == _HANDSHAKE:
                 error_log.error("Exception in ASGI application before accept", exc_info=exc)
-                self._respond(simple_response(500, "Internal Server Error"), 500)
+                _ws_handshake.respond(self, simple_response(500, "Internal Server Error"), 500)
             else:
                 error_log.error("Exception in ASGI application", exc_info=exc)
                 self._close(1011, "internal error")
@@ -334,10 +297,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             if self._phase == _HANDSHAKE:
                 if self._asgi.phase is not _DENYING:
                     # Returning without an answer is a refusal, like websocket.close.
-                    self._deny()
+                    _ws_handshake.deny(self)
                 else:
                     error_log.error("ASGI application returned without completing the response")
-                    self._respond(simple_response(500, "Internal Server Error"), 500)
+                    _ws_handshake.respond(self, simple_response(500, "Internal Server Error"), 500)
             elif self._phase == _OPEN:
                 self._close(1000, "")
         finally:
@@ -462,15 +425,15 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         if action is not None:
             await _ON_ACTION[type(action)](self, action)
 
-    # -- actions (tidings._asgi), one method each -------------------------------------------
+    # -- actions (tidings._asgi); Accept and Refusal are _ws_handshake's -------------------
 
     async def _on_send(self, action: SendText | SendBytes) -> None:
-        # Only reached when websocket.accept was refused by the handshake checks below.
+        # Only reached when websocket.accept was refused by _ws_handshake.accept's checks.
         raise RuntimeError("websocket.send after a failed websocket.accept")
 
     async def _on_close(self, action: Close) -> None:
         if self._phase == _HANDSHAKE:
-            self._deny()  # only after a failed websocket.accept
+            _ws_handshake.deny(self)  # only after a failed websocket.accept
             return
         if self._held is not None:
             self._release_held()
@@ -483,125 +446,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             raise RuntimeError(f"invalid websocket.close: {exc}") from None
         self._flush()
         self._set_deadline()
-
-    async def _on_refusal(self, action: Refusal) -> None:
-        if action.body is None:
-            self._deny()  # websocket.close before websocket.accept
-            return
-        self._denial_body(action)
-        if self._write_paused and not self._lost:
-            await self._write_and_wait(b"")
-
-    async def _on_accept(self, action: Accept) -> None:
-        """websocket.accept: write the 101 (RFC 6455 §4.2.2) and go OPEN."""
-        request = self._request
-        assert request is not None
-        headers = list(action.headers)
-        negotiated = negotiate_deflate(request.extensions, self._deflate)
-        try:
-            check_fields(headers)
-            response = build_accept_response(
-                request,
-                subprotocol=action.subprotocol,
-                extensions_header=None if negotiated is None else negotiated[0],
-                extra_headers=headers,
-            )
-        except ValueError as exc:
-            raise RuntimeError(f"invalid websocket.accept: {exc}") from None
-        settings = self._settings
-        self._conn = WebSocketConnection(
-            max_message_size=settings.max_message_size,
-            max_frame_size=settings.max_frame_size,
-            max_fragments=settings.max_fragments,
-            deflate=None if negotiated is None else negotiated[1],
-        )
-        self._phase = _OPEN
-        self._since = time.monotonic()
-        self._access(101)
-        self.transport.write(response)
-        early = self._early
-        if early:
-            self._early = []
-            self._early_size = 0
-            if self._read_paused and len(self._queue) < self._max_queue:
-                self._resume_reading()
-            self.data_received(b"".join(early))
-
-    # -- handshake answers ----------------------------------------------------------------
-
-    def _deny(self) -> None:
-        """websocket.close before accept: 403 with an empty body (ASGI spec)."""
-        head = b"HTTP/1.1 403 Forbidden\r\n" + self.state.date_header
-        self._respond(head + b"content-length: 0\r\nconnection: close\r\n\r\n", 403)
-
-    def _denial_body(self, denial: Refusal) -> None:
-        """One ``websocket.http.response.body`` of a denial response (streamed as it comes)."""
-        body = denial.body or b""
-        more = denial.more_body
-        out: list[bytes] = []
-        if self._denial is None:
-            headers = list(denial.headers)
-            try:
-                check_fields(headers)
-            except InvalidField as exc:
-                raise RuntimeError(f"websocket.http.response.start: {exc}") from None
-            lines = [_status_line(denial.status), self.state.date_header]
-            has_length = False
-            for name, value in headers:
-                lname = name.lower()
-                if lname in (b"connection", b"transfer-encoding"):
-                    continue  # the framing is ours: one response, then close
-                if lname == b"content-length":
-                    if has_length:
-                        continue  # a repeated identical value (check_fields): send it once
-                    has_length = True
-                lines.append(name + b": " + value + b"\r\n")
-            if not has_length:
-                if more:
-                    self._chunked = True
-                    lines.append(b"transfer-encoding: chunked\r\n")
-                else:
-                    lines.append(b"content-length: %d\r\n" % len(body))
-            lines.append(b"connection: close\r\n\r\n")
-            out.append(b"".join(lines))
-            self._denial = denial
-        if self._chunked:
-            if body:
-                out.append(b"%x\r\n%s\r\n" % (len(body), body))
-            if not more:
-                out.append(b"0\r\n\r\n")
-        else:
-            out.append(body)
-        if not more:
-            self._respond(b"".join(out), denial.status)
-        else:
-            self.transport.write(b"".join(out))
-
-    def _respond(self, response: bytes, status: int) -> None:
-        """End the handshake with a plain HTTP response and close the connection (DONE).
-
-        A denial response whose head is already out is cut short instead: a second
-        status line would corrupt it.
-        """
-        self._finish(_disconnect(1006))
-        if self._denial is not None and status != self._denial.status:
-            self.transport.abort()
-            return
-        self._access(status)
-        if not self.transport.is_closing():
-            self.transport.write(response)
-        self._close_transport()
-
-    def _access(self, status: int) -> None:
-        if self.state.access_log:
-            scope = self.scope
-            access_log.info(
-                '%s - "WebSocket %s%s" %d',
-                fmt_client(self._client),
-                loggable(scope["path"]),
-                loggable_query(scope["query_string"]),
-                status,
-            )
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -819,65 +663,14 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
 
     # -- lifecycle hooks used by the server ---------------------------------------------------
 
-    def check_timeouts(self, now: float) -> None:
-        """Called once a second: handshake timeout, keepalive pings, close timeout."""
-        if self._deadline:
-            if now > self._deadline and not self._lost:
-                self._lost = True
-                self.transport.abort()
-            return
-        phase = self._phase
-        settings = self._settings
-        if phase == _HANDSHAKE:
-            if now - self._since > settings.handshake_timeout:
-                error_log.warning(
-                    "%s - WebSocket app did not accept or deny within %.0f s "
-                    "(--ws-handshake-timeout): 503",
-                    fmt_client(self._client),
-                    settings.handshake_timeout,
-                )
-                self._respond(simple_response(503, "WebSocket handshake timed out"), 503)
-            return
-        conn = self._conn
-        if phase != _OPEN or conn is None:
-            return
-        if self._held is not None:
-            if now - self._held_since > 1.0:
-                self._release_held()  # the app is slow to answer: fail anyway
-            return
-        if self._seen:
-            # Anything from the client proves it is alive: no ping needed yet.
-            self._seen = False
-            self._since = now
-            self._ping_sent = 0.0
-            return
-        if self._ping_sent:
-            timeout = settings.ping_timeout
-            if self._read_paused:
-                self._ping_sent = now  # we are not reading: the pong may be waiting
-            elif timeout is not None and now - self._ping_sent > timeout:
-                error_log.info(
-                    "%s - WebSocket keepalive ping not answered within %.0f s; closing with 1011",
-                    fmt_client(self._client),
-                    timeout,
-                )
-                # The peer looks dead: send the close frame and close TCP without
-                # waiting for an answer.
-                self._close(1011, "keepalive ping timeout")
-                self._finish(_disconnect(1011, "keepalive ping timeout"))
-                self._close_transport()
-            return
-        interval = settings.ping_interval
-        if interval is not None and now - self._since >= interval and conn.state is _CONN_OPEN:
-            conn.send_ping(_PING_PAYLOAD)
-            self._ping_sent = now
-            self._flush()
+    #: Called once a second: handshake timeout, keepalive pings, close timeout.
+    check_timeouts = _ws_timeouts.check_timeouts
 
     def shutdown(self) -> None:
         """Graceful shutdown: close open connections with 1001, refuse pending handshakes."""
         if self._phase == _HANDSHAKE:
             if self._denial is None:
-                self._respond(simple_response(503, "Server shutting down"), 503)
+                _ws_handshake.respond(self, simple_response(503, "Server shutting down"), 503)
         elif self._phase == _OPEN:
             self._close(1001, "server shutting down")
         else:
@@ -892,17 +685,9 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
 
 #: What ``send`` does with each action of ``tidings._asgi`` (the hot path is ``send``'s own).
 _ON_ACTION: Final[dict[type, Callable[[WebSocketProtocol, Any], Awaitable[None]]]] = {
-    Accept: WebSocketProtocol._on_accept,
-    Refusal: WebSocketProtocol._on_refusal,
+    Accept: _ws_handshake.accept,
+    Refusal: _ws_handshake.refuse,
     SendText: WebSocketProtocol._on_send,
     SendBytes: WebSocketProtocol._on_send,
     Close: WebSocketProtocol._on_close,
 }
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
