@@ -100,6 +100,7 @@ def main() -> int:
     parser.add_argument("after", nargs="?", help="the revision after it (default: this tree)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=4, help="seconds per measurement")
+    parser.add_argument("--only", choices=("http", "ws"), help="run one of the two")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is needed (Debian: apt-get install wrk)", file=sys.stderr)
@@ -114,14 +115,17 @@ def main() -> int:
             for n in range(args.rounds):
                 order = ["before", "after"] if n % 2 == 0 else ["after", "before"]
                 for side in order:
-                    results[side]["http"].append(http_rps(trees[side], args.duration))
-                    results[side]["ws"].append(ws_rate(trees[side], args.duration))
-                    print(
-                        f"round {n + 1} {side:>6}: http {results[side]['http'][-1]:>9,.0f} "
-                        f"req/s  ws {results[side]['ws'][-1]:>9,.0f} msg/s",
-                        flush=True,
-                    )
+                    for bench, measure in (("http", http_rps), ("ws", ws_rate)):
+                        if args.only in (None, bench):
+                            results[side][bench].append(measure(trees[side], args.duration))
+                            print(
+                                f"round {n + 1} {side:>6}: {bench} "
+                                f"{results[side][bench][-1]:>9,.0f}",
+                                flush=True,
+                            )
             for bench, unit in (("http", "req/s"), ("ws", "msg/s")):
+                if not results["before"][bench]:
+                    continue
                 before = statistics.median(results["before"][bench])
                 after = statistics.median(results["after"][bench])
                 print(
