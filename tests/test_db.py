@@ -54,6 +54,7 @@ def test_public_names() -> None:
         "DatabaseSyncToAsync",
         "aclose_old_connections",
         "database_sync_to_async",
+        "keeping_connections",
     ]
 
 

@@ -356,10 +356,10 @@ def test_transport_router_settings() -> None:
 
 
 def test_backend_aliases_are_documented() -> None:
-    from tidings.layers._manager import _BACKEND_ALIASES
+    from tidings.layers._manager import BACKEND_ALIASES
 
     options = _section("Channel layer options")
-    for channels_path, tidings_path in _BACKEND_ALIASES.items():
+    for channels_path, tidings_path in BACKEND_ALIASES.items():
         assert f"`{channels_path}`" in options and f"`{tidings_path}`" in options
 
 

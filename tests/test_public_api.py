@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from pathlib import Path
@@ -158,3 +159,25 @@ def test_transports_sit_above_the_application_layer() -> None:
                 name,
             )
             assert not name.startswith(("tidings.server", "tidings.testing")), (path, name)
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """``from tidings.x import _name`` outside ``x`` itself: make it public or move it.
+
+    Private *modules* (``from tidings.transports import _http``) are fine: they are
+    internal to their package and imported by name.
+    """
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if not node.module.startswith("tidings"):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                if importlib.util.find_spec(f"{node.module}.{name}") is None:
+                    offenders.append(f"{path.relative_to(PACKAGE.parent)}: {node.module}.{name}")
+    assert not offenders, offenders

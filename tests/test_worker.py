@@ -157,7 +157,12 @@ async def start(layer: BaseChannelLayer) -> AsyncIterator[Callable[..., RunningW
 
 
 def test_public_names() -> None:
-    assert sorted(tidings.worker.__all__) == ["DEFAULT_SHUTDOWN_TIMEOUT", "Worker", "run_worker"]
+    assert sorted(tidings.worker.__all__) == [
+        "DEFAULT_SHUTDOWN_TIMEOUT",
+        "Worker",
+        "run_command",
+        "run_worker",
+    ]
 
 
 async def test_one_instance_per_channel_handles_messages_in_order(

@@ -115,7 +115,7 @@ def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from django.conf import settings
 
     from tidings.server.main import AppImportError, import_app
-    from tidings.worker import _run_command
+    from tidings.worker import run_command
 
     try:
         application = import_app(ns.app)
@@ -127,7 +127,7 @@ def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             "but Django settings are not configured: pass --settings or set "
             "DJANGO_SETTINGS_MODULE to your settings module"
         )
-    return _run_command(
+    return run_command(
         application,
         ns.channels,
         layer_alias=ns.layer,

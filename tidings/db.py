@@ -28,7 +28,7 @@ one connection; ``close_old_connections`` would close that connection (its
 autocommit differs from the settings'), and the test would fail with "closed
 database". So, as Channels' communicators do, the clean-ups here are skipped
 while a :mod:`tidings.testing` communicator is sending to or waiting on the
-application (:func:`_keeping_connections`). Both clean-ups call this module's
+application (:func:`keeping_connections`). Both clean-ups call this module's
 ``close_old_connections`` by name, so a test may also patch it.
 """
 
@@ -44,7 +44,12 @@ from typing import Any, ParamSpec, TypeVar, overload
 from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
 from django.db import close_old_connections
 
-__all__ = ["DatabaseSyncToAsync", "aclose_old_connections", "database_sync_to_async"]
+__all__ = [
+    "DatabaseSyncToAsync",
+    "aclose_old_connections",
+    "database_sync_to_async",
+    "keeping_connections",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -57,8 +62,12 @@ _kept_open_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _keeping_connections() -> Iterator[None]:
-    """Skip the clean-ups of this module, in every thread, for the block's duration."""
+def keeping_connections() -> Iterator[None]:
+    """Skip the clean-ups of this module, in every thread, for the block's duration.
+
+    ``tidings.testing``'s communicators hold it while they talk to the application,
+    as Channels' do, so that a ``TestCase``'s connection is not closed under it.
+    """
     global _kept_open
     with _kept_open_lock:
         _kept_open += 1

@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidings.layers._manager import _BACKEND_ALIASES
+from tidings.layers._manager import BACKEND_ALIASES
 
 __all__ = ["SKIPPED_DIRECTORIES", "Rewrite", "migrate_main", "project_files", "rewrite_source"]
 
@@ -209,8 +209,8 @@ def _requote(token: tokenize.TokenInfo, value: str) -> str:
 
 
 def _renamed_string(value: str) -> str | None:
-    if value in _BACKEND_ALIASES:  # the BACKEND paths the layer settings also accept
-        return _BACKEND_ALIASES[value]
+    if value in BACKEND_ALIASES:  # the BACKEND paths the layer settings also accept
+        return BACKEND_ALIASES[value]
     if _CHANNELS_PATH.fullmatch(value):
         return "tidings" + value[len("channels") :]
     return None

@@ -56,7 +56,7 @@ from tidings.exceptions import InvalidChannelLayerError
 from tidings.layers import get_channel_layer
 from tidings.layers.base import BaseChannelLayer
 
-__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Worker", "run_worker"]
+__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Worker", "run_command", "run_worker"]
 
 logger = logging.getLogger("tidings.worker")
 
@@ -352,7 +352,7 @@ def run_worker(
     """Run a :class:`Worker` for ``channels`` on the layer ``layer_alias`` until a signal.
 
     ``manage.py runworker`` and ``tidings worker`` run the same worker through
-    :func:`_run_command`, which reports these errors instead of raising them.
+    :func:`run_command`, which reports these errors instead of raising them.
 
     Raises:
         InvalidChannelLayerError: the alias is not configured, or
@@ -382,7 +382,7 @@ def _layer(alias: str) -> BaseChannelLayer:
 # -- the front door of ``tidings worker`` and ``manage.py runworker`` ------------------------
 
 
-def _run_command(
+def run_command(
     application: ASGIApp,
     channels: Iterable[str],
     *,

@@ -295,7 +295,7 @@ def test_unimportable_backend(path: str) -> None:
 
 def test_mapped_path_is_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        tidings.layers._manager._BACKEND_ALIASES, "old.Layer", "tidings.layers.NoSuchLayer"
+        tidings.layers._manager.BACKEND_ALIASES, "old.Layer", "tidings.layers.NoSuchLayer"
     )
     message = build_error({"default": {"BACKEND": "old.Layer"}})
     assert "'old.Layer' (read as 'tidings.layers.NoSuchLayer') cannot be imported" in message

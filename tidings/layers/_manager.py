@@ -54,6 +54,7 @@ from tidings.exceptions import InvalidChannelLayerError
 from tidings.layers.base import BaseChannelLayer
 
 __all__ = [
+    "BACKEND_ALIASES",
     "DEFAULT_CHANNEL_LAYER",
     "ChannelLayerManager",
     "channel_layers",
@@ -71,7 +72,7 @@ _IMPLICIT_CONFIGS: Final[Mapping[str, Mapping[str, Any]]] = {
 }
 _ALIAS_KEYS: Final = ("BACKEND", "CONFIG", "TEST_CONFIG")
 _REDIS_PATH: Final = "tidings.layers.redis.RedisChannelLayer"
-_BACKEND_ALIASES: Final[Mapping[str, str]] = {
+BACKEND_ALIASES: Final[Mapping[str, str]] = {
     "channels.layers.InMemoryChannelLayer": _INMEMORY_PATH,
     "channels_redis.core.RedisChannelLayer": _REDIS_PATH,
     # One Redis layer serves both: it delivers group messages once per node, as
@@ -97,7 +98,7 @@ def resolve_backend_path(path: str) -> str:
     Channels' own paths map to their Tidings counterparts, so a migrated
     settings file works unchanged; any other path is returned as given.
     """
-    return _BACKEND_ALIASES.get(path, path)
+    return BACKEND_ALIASES.get(path, path)
 
 
 def _accepted_options(backend: type[BaseChannelLayer]) -> tuple[frozenset[str], bool]:

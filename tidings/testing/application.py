@@ -45,7 +45,7 @@ from typing import Any, cast
 from asgiref.compatibility import guarantee_single_callable
 
 from tidings._types import ASGIApp, Message, Scope
-from tidings.db import _keeping_connections
+from tidings.db import keeping_connections
 
 __all__ = ["ApplicationCommunicator"]
 
@@ -160,7 +160,7 @@ class ApplicationCommunicator:
             Exception: how the application ended, if it has (see the module docstring).
         """
         self._raise_if_ended()
-        with _keeping_connections():
+        with keeping_connections():
             await self.input_queue.put(message)
 
     async def receive_output(self, timeout: float | None = 1) -> Message:
@@ -184,7 +184,7 @@ class ApplicationCommunicator:
             return queue.get_nowait()
         waiting = True
         app_ended = False
-        with _keeping_connections():
+        with keeping_connections():
             try:
                 async with asyncio.timeout(timeout) as deadline:
 

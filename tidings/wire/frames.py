@@ -19,7 +19,7 @@ handshake) are ``websocket.py``'s business. It holds:
 Hot path: unmasking runs in the optional C extension ``_speedups`` (8 bytes per step)
 when it was built; otherwise with one big-integer XOR (``int.from_bytes`` of the payload
 against the 4-byte mask repeated), which also runs in C, but allocates. The tables
-``_MASK_REPEAT`` and ``_LOW_BITS`` precompute the repeat multiplier and truncation mask
+``MASK_REPEAT`` and ``LOW_BITS`` precompute the repeat multiplier and truncation mask
 for payloads of up to 125 bytes; ``websocket.py`` uses them for its single-frame fast path.
 
 What must not be added here: message state, UTF-8 decoding, I/O of any kind.
@@ -40,9 +40,13 @@ from enum import IntEnum
 from typing import NamedTuple
 
 __all__ = [
+    "BINARY_HEADERS",
     "HAVE_SPEEDUPS",
+    "LOW_BITS",
+    "MASK_REPEAT",
     "MAX_CLOSE_REASON",
     "MAX_CONTROL_PAYLOAD",
+    "TEXT_HEADERS",
     "CloseCode",
     "ConnectionClosedError",
     "Frame",
@@ -175,19 +179,19 @@ def encode_close_payload(code: int, reason: str = "") -> bytes:
 
 # --- masking (RFC 6455 §5.3) -------------------------------------------------------
 
-# For n <= 125: the 32-bit mask as a little-endian int times _MASK_REPEAT[n] repeats it
-# ceil(n / 4) times; "& _LOW_BITS[n]" cuts the repeat to exactly n bytes.
-_MASK_REPEAT: tuple[int, ...] = tuple(
+# For n <= 125: the 32-bit mask as a little-endian int times MASK_REPEAT[n] repeats it
+# ceil(n / 4) times; "& LOW_BITS[n]" cuts the repeat to exactly n bytes.
+MASK_REPEAT: tuple[int, ...] = tuple(
     sum(1 << (32 * i) for i in range((n + 3) // 4)) for n in range(MAX_CONTROL_PAYLOAD + 1)
 )
-_LOW_BITS: tuple[int, ...] = tuple((1 << (8 * n)) - 1 for n in range(MAX_CONTROL_PAYLOAD + 1))
+LOW_BITS: tuple[int, ...] = tuple((1 << (8 * n)) - 1 for n in range(MAX_CONTROL_PAYLOAD + 1))
 
 
 def _apply_mask_py(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); its own inverse."""
     n = len(payload)
     if n <= MAX_CONTROL_PAYLOAD:
-        key = (int.from_bytes(mask, "little") * _MASK_REPEAT[n]) & _LOW_BITS[n]
+        key = (int.from_bytes(mask, "little") * MASK_REPEAT[n]) & LOW_BITS[n]
     else:
         key = int.from_bytes((bytes(mask) * ((n + 3) >> 2))[:n], "little")
     return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
@@ -346,8 +350,8 @@ class FrameParser:
 
 _PACK_16 = struct.Struct("!BBH").pack
 _PACK_64 = struct.Struct("!BBQ").pack
-_TEXT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
-_BINARY_HEADERS = tuple(bytes((0x82, n)) for n in range(126))
+TEXT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
+BINARY_HEADERS = tuple(bytes((0x82, n)) for n in range(126))
 
 
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -373,7 +377,7 @@ def encode_text(data: str) -> bytes:
     payload = data.encode("utf-8")
     n = len(payload)
     if n < 126:
-        return _TEXT_HEADERS[n] + payload
+        return TEXT_HEADERS[n] + payload
     return encode_frame(Opcode.TEXT, payload)
 
 
@@ -381,7 +385,7 @@ def encode_bytes(data: bytes) -> bytes:
     """Encode ``data`` as one uncompressed, unfragmented binary frame."""
     n = len(data)
     if n < 126:
-        return _BINARY_HEADERS[n] + data
+        return BINARY_HEADERS[n] + data
     return encode_frame(Opcode.BINARY, data)
 
 

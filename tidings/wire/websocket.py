@@ -51,12 +51,12 @@ from enum import Enum
 
 from tidings.wire.deflate import PerMessageDeflate
 from tidings.wire.frames import (
-    _BINARY_HEADERS,
-    _LOW_BITS,
-    _MASK_REPEAT,
-    _TEXT_HEADERS,
+    BINARY_HEADERS,
     HAVE_SPEEDUPS,
+    LOW_BITS,
+    MASK_REPEAT,
     MAX_CONTROL_PAYLOAD,
+    TEXT_HEADERS,
     CloseCode,
     ConnectionClosedError,
     FrameParser,
@@ -308,7 +308,7 @@ class WebSocketConnection:
                     # payload, so one multiply and one XOR unmask it (§5.3).
                     v = int.from_bytes(data, "little")
                     payload = (
-                        ((v >> 48) ^ (((v >> 16) & 0xFFFFFFFF) * _MASK_REPEAT[n])) & _LOW_BITS[n]
+                        ((v >> 48) ^ (((v >> 16) & 0xFFFFFFFF) * MASK_REPEAT[n])) & LOW_BITS[n]
                     ).to_bytes(n, "little")
             elif (
                 data[1] == 0xFE  # masked, 16-bit length
@@ -524,7 +524,7 @@ class WebSocketConnection:
         if n >= self._compress_min:
             self._send_compressed(Opcode.TEXT, payload)
         elif n < 126:
-            self._out.append(_TEXT_HEADERS[n] + payload)
+            self._out.append(TEXT_HEADERS[n] + payload)
         else:
             self._out.append(encode_frame(Opcode.TEXT, payload))
 
@@ -540,7 +540,7 @@ class WebSocketConnection:
         if n >= self._compress_min:
             self._send_compressed(Opcode.BINARY, data)
         elif n < 126:
-            self._out.append(_BINARY_HEADERS[n] + data)
+            self._out.append(BINARY_HEADERS[n] + data)
         else:
             self._out.append(encode_frame(Opcode.BINARY, data))
 

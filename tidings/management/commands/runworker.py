@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from tidings.layers import DEFAULT_CHANNEL_LAYER
 from tidings.routing import get_default_application
-from tidings.worker import _run_command
+from tidings.worker import run_command
 
 __all__ = ["Command"]
 
@@ -51,7 +51,7 @@ class Command(BaseCommand):
             # Django's commands start their messages with a capital letter.
             raise CommandError(message[:1].upper() + message[1:])
 
-        _run_command(
+        run_command(
             application,
             options["channels"],
             layer_alias=options["layer"],
