@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from tidings.layers import BaseChannelLayer, InMemoryChannelLayer
 
@@ -195,3 +196,11 @@ def layer_factory(backend: LayerBackend) -> Callable[..., BaseChannelLayer]:
 def layer(backend: LayerBackend) -> BaseChannelLayer:
     """A layer with default options, of each backend in turn."""
     return backend.make()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain client of the run's redis-server, to look at keys."""
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

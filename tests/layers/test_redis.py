@@ -166,14 +166,6 @@ async def make_layer(redis_url: str) -> AsyncIterator[Callable[..., RedisChannel
         await layer.close()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    """A plain client of the run's redis-server, to look at keys."""
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
     """Poll ``predicate`` until it holds (eventually consistent state), or fail."""
     deadline = time.monotonic() + GUARD

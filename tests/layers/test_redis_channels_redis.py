@@ -47,13 +47,6 @@ async def make_layer(redis_url: str) -> AsyncIterator[Callable[..., RedisChannel
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def format_name() -> Iterator[str]:
     """A fresh serializer format name, unregistered again after the test."""
     name = f"fmt-{secrets.token_hex(4)}"

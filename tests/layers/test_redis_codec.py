@@ -50,13 +50,6 @@ async def make_layer(redis_url: str) -> AsyncIterator[Callable[..., RedisChannel
         await layer.close()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def receive(layer: RedisChannelLayer, channel: str) -> dict[str, Any]:
     return await asyncio.wait_for(layer.receive(channel), GUARD)
 
