@@ -9,21 +9,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 
+from tests.security._serve import server_env, tidings_serve
 from tests.server import apps
 from tests.server._helpers import FAST_SWEEP, exchange, free_port, serve, wait_for
 from tests.transports._client import Endpoint, poll, sse
@@ -47,43 +45,6 @@ _EVIL_PATH = (
 _EVIL_QUERY = b"q=%0a%1b"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return env
-
-
-@contextmanager
-def _tidings(
-    args: list[str], log: Path, *, ready: str = "Tidings serving on"
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``tidings serve`` process whose stdout and stderr go to ``log``."""
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "serve", *args],
-            cwd=ROOT,
-            env=_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 15
-            while ready not in log.read_text(errors="replace"):
-                if popen.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log.read_text(errors="replace"))
-                time.sleep(0.05)
-            yield popen
-        finally:
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGTERM)
-                try:
-                    popen.wait(15)
-                except subprocess.TimeoutExpired:
-                    popen.kill()
-                    popen.wait()
-
-
 def _exchange(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request)
@@ -100,7 +61,7 @@ def test_access_log_escapes_control_characters_from_the_request(tmp_path: Path) 
     port = free_port()
     log = tmp_path / "server.log"
     args = ["tests.server.apps:hello", "--port", str(port), "--proxy-headers"]
-    with _tidings(args, log) as popen:
+    with tidings_serve(args, log) as popen:
         # HTTP, with a forwarded client address carrying C1 NEL, a quote and a backslash.
         forwarded = b'X-Forwarded-For: 10.0.0.1\x85"\\\r\n'
         response = _exchange(
@@ -344,7 +305,7 @@ _ROOM = "/ws/echo/lobby/"
 
 
 def _transport_env(tmp_path: Path) -> dict[str, str]:
-    env = _env()
+    env = server_env()
     # The transport tests' project on the in-memory layer: sessions live in this process.
     env["DJANGO_SETTINGS_MODULE"] = "tests.django_settings"
     env["TIDINGS_TEST_DB"] = str(tmp_path / "db.sqlite3")

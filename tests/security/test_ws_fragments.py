@@ -15,8 +15,7 @@ import select
 import socket
 import statistics
 import struct
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,47 +24,22 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.security._serve import ROOT, tidings_serve
+from tests.server._helpers import free_port
+
 ECHO_DIR = ROOT / "compliance" / "autobahn"  # echo_app:app echoes every message
 MASK = b"\x11\x22\x33\x44"
 MIB = 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def echo_server(*flags: str) -> Iterator[tuple[int, int]]:
     """``tidings serve echo_app:app`` in a process of its own: yields (port, pid)."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "tidings", "serve", "echo_app:app", "--app-dir", str(ECHO_DIR)]
-    cmd += ["--port", str(port), "--lifespan", "off", "--no-access-log", "--log-level", "error"]
-    cmd += flags
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(proc.communicate()[1].decode(errors="replace"))
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "tidings serve did not listen"
-                    time.sleep(0.05)
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate(timeout=5)
+    port = free_port()
+    args = ["echo_app:app", "--app-dir", str(ECHO_DIR), "--port", str(port)]
+    args += ["--lifespan", "off", "--no-access-log", *flags]
+    with tempfile.TemporaryDirectory() as tmp, tidings_serve(args, Path(tmp) / "log") as proc:
+        yield port, proc.pid
 
 
 def rss(pid: int) -> int:
