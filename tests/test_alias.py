@@ -60,25 +60,22 @@ def test_not_installed_by_default() -> None:
         import channels  # type: ignore[import-not-found]  # noqa: F401
 
 
-def test_refuses_to_shadow_an_installed_channels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def real_channels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package named ``channels`` on the path, as an installed Channels would be."""
     fake = tmp_path / "channels"
     fake.mkdir()
     (fake / "__init__.py").write_text("REAL = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_refuses_to_shadow_an_installed_channels(real_channels: None) -> None:
     with pytest.raises(AliasConflict, match=r"a real Channels is installed at .*channels"):
         tidings.alias.install()
     assert not tidings.alias.installed()
 
 
-def test_refuses_when_a_real_channels_is_already_imported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake = tmp_path / "channels"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("REAL = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_refuses_when_a_real_channels_is_already_imported(real_channels: None) -> None:
     import channels  # noqa: F401
 
     try:
