@@ -110,9 +110,10 @@ def start_server() -> Iterator[Callable[..., Server]]:
 
 @pytest.fixture
 def address(redis_url: str) -> dict[str, Any]:
-    """``host`` and ``port`` of the run's redis-server, as ``RespClient`` takes them."""
+    """``host``, ``port`` and ``db`` of the run's redis-server, as ``RespClient`` takes them."""
     parts = urlsplit(redis_url)
-    return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379}
+    db = int(parts.path.strip("/") or 0)
+    return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379, "db": db}
 
 
 @pytest.fixture
