@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import django
 import pytest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_settings")
@@ -31,9 +32,6 @@ def _worker_redis_database() -> None:
 
 
 _worker_redis_database()
-
-import django
-
 django.setup()
 
 
