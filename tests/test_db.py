@@ -53,8 +53,12 @@ def test_public_names() -> None:
     assert sorted(tidings.db.__all__) == [
         "DatabaseSyncToAsync",
         "aclose_old_connections",
+        "agroup_send_on_commit",
+        "asend_on_commit",
         "database_sync_to_async",
+        "group_send_on_commit",
         "keeping_connections",
+        "send_on_commit",
     ]
 
 

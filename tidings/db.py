@@ -30,26 +30,51 @@ database". So, as Channels' communicators do, the clean-ups here are skipped
 while a :mod:`tidings.testing` communicator is sending to or waiting on the
 application (:func:`keeping_connections`). Both clean-ups call this module's
 ``close_old_connections`` by name, so a test may also patch it.
+
+**Sends that wait for the transaction.** :func:`group_send_on_commit` and
+:func:`send_on_commit` (and their async twins) hand a channel-layer message to
+Django's ``transaction.on_commit``: a write that rolls back sends nothing, one
+that commits sends once the commit is done, and outside an atomic block the
+send happens at once. Names and messages are checked when the call is made,
+so a mistake raises where it was written. The send itself runs where the
+commit runs: a thread without an event loop (a sync view, or code inside
+:func:`database_sync_to_async`) sends with ``async_to_sync``, which goes back
+to the server's loop when there is one; a thread with a running loop gets a
+task on that loop. A failed send is logged (logger ``tidings.db``, with the
+group or channel name) and never raised: an exception there would stop
+Django's other commit hooks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar, overload
 
-from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
-from django.db import close_old_connections
+from asgiref.sync import SyncToAsync, async_to_sync, iscoroutinefunction, sync_to_async
+from django.db import close_old_connections, transaction
+
+from tidings.exceptions import InvalidChannelLayerError
+from tidings.layers import DEFAULT_CHANNEL_LAYER, get_channel_layer
+from tidings.layers.base import BaseChannelLayer, Message
 
 __all__ = [
     "DatabaseSyncToAsync",
     "aclose_old_connections",
+    "agroup_send_on_commit",
+    "asend_on_commit",
     "database_sync_to_async",
+    "group_send_on_commit",
     "keeping_connections",
+    "send_on_commit",
 ]
+
+logger = logging.getLogger("tidings.db")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -199,3 +224,133 @@ async def aclose_old_connections() -> None:
     connections. Call it before the first queries after a quiet spell.
     """
     await sync_to_async(_close_old_connections, thread_sensitive=True)()
+
+
+# -- sends that wait for the transaction -----------------------------------------------
+
+#: Sends running as tasks (commits in a thread with a running loop), kept from the GC.
+_sending: set[asyncio.Task[None]] = set()
+
+
+def _checked_send(
+    kind: str, target: str, message: Message, alias: str
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Check the call now; return a coroutine function that sends and logs a failure."""
+    layer: BaseChannelLayer | None = get_channel_layer(alias)
+    if layer is None:
+        raise InvalidChannelLayerError(f"{kind}_on_commit needs a channel layer ({alias!r})")
+    BaseChannelLayer.require_message(message)
+    if kind == "group_send":
+        layer.require_valid_group_name(target)
+    else:
+        layer.require_valid_channel_name(target)
+    # A copy: the caller may reuse its dict before the commit.
+    message = dict(message)
+    send = getattr(layer, kind)
+
+    async def send_logging_failure() -> None:
+        try:
+            await send(target, message)
+        except Exception:
+            logger.exception("%s to %r after the transaction committed failed", kind, target)
+
+    return send_logging_failure
+
+
+def _send_from_any_thread(send: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``send`` from a commit hook: a task on this thread's loop, else ``async_to_sync``."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            async_to_sync(send)()
+        except Exception:  # no loop to send on: still never break the other hooks
+            logger.exception("sending after the transaction committed failed")
+        return
+    task = loop.create_task(send())
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
+
+def _on_commit(send: Callable[[], Coroutine[Any, Any, None]], using: str | None) -> bool:
+    """Register ``send`` for the commit of ``using``'s atomic block; False if there is none.
+
+    Reads only the ``in_atomic_block`` flag, never the database: safe in async code.
+    """
+    connection = transaction.get_connection(using)
+    if not connection.in_atomic_block:
+        return False
+    connection.on_commit(functools.partial(_send_from_any_thread, send))
+    return True
+
+
+def group_send_on_commit(
+    group: str,
+    message: Message,
+    *,
+    using: str | None = None,
+    alias: str = DEFAULT_CHANNEL_LAYER,
+) -> None:
+    """``group_send(group, message)`` once the transaction of ``using`` commits.
+
+    Nothing is sent if it rolls back (including a rolled-back savepoint that
+    the call was made in); outside an atomic block the message is sent at once.
+    A failed send is logged with the group name, not raised.
+
+    Args:
+        group: the group name.
+        message: the message (copied now).
+        using: the database alias (Django's default database by default).
+        alias: the ``CHANNEL_LAYERS`` alias.
+
+    Raises:
+        TypeError: the group name or the message is not valid.
+        InvalidChannelLayerError: the alias has no channel layer.
+    """
+    send = _checked_send("group_send", group, message, alias)
+    if not _on_commit(send, using):
+        _send_from_any_thread(send)
+
+
+def send_on_commit(
+    channel: str,
+    message: Message,
+    *,
+    using: str | None = None,
+    alias: str = DEFAULT_CHANNEL_LAYER,
+) -> None:
+    """As :func:`group_send_on_commit`, for one channel (``ChannelFull`` is logged too)."""
+    send = _checked_send("send", channel, message, alias)
+    if not _on_commit(send, using):
+        _send_from_any_thread(send)
+
+
+async def agroup_send_on_commit(
+    group: str,
+    message: Message,
+    *,
+    using: str | None = None,
+    alias: str = DEFAULT_CHANNEL_LAYER,
+) -> None:
+    """The async twin of :func:`group_send_on_commit`, for code on the event loop.
+
+    Inside an atomic block of this thread the send runs as a task on this loop
+    after the commit; outside one it is awaited here. A transaction inside
+    :func:`database_sync_to_async` is in another thread: call the sync one there.
+    """
+    send = _checked_send("group_send", group, message, alias)
+    if not _on_commit(send, using):
+        await send()
+
+
+async def asend_on_commit(
+    channel: str,
+    message: Message,
+    *,
+    using: str | None = None,
+    alias: str = DEFAULT_CHANNEL_LAYER,
+) -> None:
+    """The async twin of :func:`send_on_commit` (see :func:`agroup_send_on_commit`)."""
+    send = _checked_send("send", channel, message, alias)
+    if not _on_commit(send, using):
+        await send()

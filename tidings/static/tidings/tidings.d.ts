@@ -185,3 +185,76 @@ export class Connection extends EventTarget {
 
 /** Open a session with the consumer at `url` (relative, http(s): or ws(s):). */
 export function connect(url: string | URL, options?: ConnectOptions): Connection;
+
+/** One connection of a presence member, as the server's `presence.list()` gives it. */
+export interface PresenceMeta {
+  /** Unique per track: a new ref means new metadata. */
+  ref: string;
+  /** The connection's public id (a digest of its channel name). */
+  conn: string;
+  /** Unix time, in seconds, of the track. */
+  joined_at: number;
+  /** Whatever the application added. */
+  [key: string]: unknown;
+}
+
+/** A topic's members: one entry per key (user), with one meta per connection. */
+export type PresenceState = Record<string, { metas: PresenceMeta[] }>;
+
+export interface PresenceJoinDetail {
+  key: string;
+  /** The key's metas after the join. */
+  current: PresenceMeta[];
+  joined: PresenceMeta[];
+}
+
+export interface PresenceLeaveDetail {
+  key: string;
+  /** The key's metas after the leave (empty: the key is gone). */
+  current: PresenceMeta[];
+  left: PresenceMeta[];
+}
+
+export interface PresenceEventMap {
+  join: CustomEvent<PresenceJoinDetail>;
+  leave: CustomEvent<PresenceLeaveDetail>;
+  sync: CustomEvent<{ state: PresenceState }>;
+}
+
+/**
+ * The members of one topic, kept from the consumer's `presence.state` and
+ * `presence.diff` messages, over whichever transport the connection uses.
+ */
+export class Presence extends EventTarget {
+  constructor(connection: Connection, topic: string);
+  readonly connection: Connection;
+  readonly topic: string;
+  /** The members now. */
+  list(): PresenceState;
+  /** Stop following the connection's messages. */
+  close(): void;
+
+  addEventListener<K extends keyof PresenceEventMap>(
+    type: K,
+    listener: (this: Presence, event: PresenceEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof PresenceEventMap>(
+    type: K,
+    listener: (this: Presence, event: PresenceEventMap[K]) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}
+
+/** Follow the members of `topic` on `connection`. */
+export function presence(connection: Connection, topic: string): Presence;

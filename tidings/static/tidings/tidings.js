@@ -849,3 +849,94 @@ for (const type of EVENT_TYPES) {
     configurable: true,
   });
 }
+
+// --- presence -------------------------------------------------------------------------
+
+// What the consumer's presence messages start with (compact JSON, "type" first): a
+// cheap test before parsing every message of the connection a second time.
+const PRESENCE_PREFIX = '{"type":"presence.';
+
+/**
+ * The members of one presence topic, kept from the consumer's `presence.state` and
+ * `presence.diff` messages (a consumer with AsyncPresenceMixin sends them after
+ * `presence_subscribe(topic)`; see docs/operations.md). It reads the connection's
+ * messages, so it works over every transport, and a new session's `presence.state`
+ * (after "continuitylost") replaces the list.
+ *
+ * Events: "join" and "leave" once per key changed ({key, current, joined|left}),
+ * then "sync" ({state}) once per message.
+ */
+export class Presence extends EventTarget {
+  constructor(connection, topic) {
+    super();
+    this.connection = connection;
+    this.topic = topic;
+    this._members = new Map(); // key -> metas
+    this._listener = (event) => {
+      if (typeof event.data !== "string" || !event.data.startsWith(PRESENCE_PREFIX)) return;
+      const msg = parseJSON(event.data);
+      if (msg.topic !== this.topic) return;
+      if (msg.type === "presence.state") this._replace(msg.state ?? {});
+      else if (msg.type === "presence.diff") this._apply(msg.joins ?? {}, msg.leaves ?? {});
+      else return;
+      this.dispatchEvent(new CustomEvent("sync", { detail: { state: this.list() } }));
+    };
+    connection.addEventListener("message", this._listener);
+  }
+
+  /** The members now: `{key: {metas: [...]}}`, as the server's `presence.list()`. */
+  list() {
+    const state = {};
+    for (const [key, metas] of this._members) state[key] = { metas: [...metas] };
+    return state;
+  }
+
+  /** Stop following the connection's messages. */
+  close() {
+    this.connection.removeEventListener("message", this._listener);
+  }
+
+  _replace(state) {
+    const joins = {};
+    const leaves = {};
+    for (const [key, metas] of this._members) {
+      const now = new Set((state[key]?.metas ?? []).map((meta) => meta.ref));
+      const gone = metas.filter((meta) => !now.has(meta.ref));
+      if (gone.length) leaves[key] = { metas: gone };
+    }
+    for (const [key, entry] of Object.entries(state)) {
+      const had = new Set((this._members.get(key) ?? []).map((meta) => meta.ref));
+      const added = entry.metas.filter((meta) => !had.has(meta.ref));
+      if (added.length) joins[key] = { metas: added };
+    }
+    this._apply(joins, leaves);
+  }
+
+  // Joins first, then leaves: refs are unique per track, so the order is always right.
+  // Idempotent: a diff may repeat what the state it follows already holds.
+  _apply(joins, leaves) {
+    for (const [key, { metas }] of Object.entries(joins)) {
+      const had = new Set((this._members.get(key) ?? []).map((meta) => meta.ref));
+      const joined = metas.filter((meta) => !had.has(meta.ref));
+      if (!joined.length) continue;
+      const current = [...(this._members.get(key) ?? []), ...joined];
+      this._members.set(key, current);
+      this.dispatchEvent(new CustomEvent("join", { detail: { key, current, joined } }));
+    }
+    for (const [key, { metas }] of Object.entries(leaves)) {
+      const refs = new Set(metas.map((meta) => meta.ref));
+      const before = this._members.get(key) ?? [];
+      const left = before.filter((meta) => refs.has(meta.ref));
+      if (!left.length) continue;
+      const current = before.filter((meta) => !refs.has(meta.ref));
+      if (current.length) this._members.set(key, current);
+      else this._members.delete(key);
+      this.dispatchEvent(new CustomEvent("leave", { detail: { key, current, left } }));
+    }
+  }
+}
+
+/** Follow the members of `topic` on `connection` (see Presence). */
+export function presence(connection, topic) {
+  return new Presence(connection, topic);
+}
