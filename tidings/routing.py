@@ -129,6 +129,14 @@ class ProtocolTypeRouter:
             scope_type: _as_application(app, f"ProtocolTypeRouter[{scope_type!r}]")
             for scope_type, app in self.application_mapping.items()
         }
+        if "mqtt" in self._routes:
+            # MQTT has no connections to route: its broker connections start on
+            # lifespan startup, around the project's own lifespan app if any.
+            from tidings.mqtt import MqttLifespan  # the mqtt extra, only when used
+
+            self._routes["lifespan"] = MqttLifespan(
+                self.application_mapping["mqtt"], self._routes.get("lifespan")
+            )
 
     async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
         scope_type = scope["type"]  # no "type" at all is a KeyError, as in Channels

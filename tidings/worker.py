@@ -46,6 +46,7 @@ They talk to the world through the channel layer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Iterable
@@ -262,18 +263,19 @@ class Worker:
         self._stop_requested = asyncio.Event()
         if self.stopping:
             return
-        runners = [_ChannelRunner(self, name) for name in self.channels]
-        tasks = [
-            asyncio.create_task(runner.run(), name=f"tidings-worker-read-{runner.channel}")
-            for runner in runners
-        ]
-        stop_waiter = asyncio.create_task(self._stop_requested.wait())
-        try:
-            await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.stop()
-            stop_waiter.cancel()
-            await self._shut_down(runners, tasks)
+        async with _mqtt_runtime(self.application):
+            runners = [_ChannelRunner(self, name) for name in self.channels]
+            tasks = [
+                asyncio.create_task(runner.run(), name=f"tidings-worker-read-{runner.channel}")
+                for runner in runners
+            ]
+            stop_waiter = asyncio.create_task(self._stop_requested.wait())
+            try:
+                await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.stop()
+                stop_waiter.cancel()
+                await self._shut_down(runners, tasks)
         for task in tasks:
             if task.done() and not task.cancelled():
                 error = task.exception()
@@ -340,6 +342,19 @@ class Worker:
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+
+def _mqtt_runtime(application: object) -> contextlib.AbstractAsyncContextManager[object]:
+    """The MQTT runtime of a ``ProtocolTypeRouter`` with an ``"mqtt"`` entry, else nothing.
+
+    Workers run the project's MQTT consumers and bridges too (``docs/mqtt.md``).
+    """
+    mapping = getattr(application, "application_mapping", None)
+    if not isinstance(mapping, dict) or "mqtt" not in mapping:
+        return contextlib.nullcontext()
+    from tidings.mqtt import running  # the mqtt extra, only when used
+
+    return running(mapping["mqtt"])
 
 
 def run_worker(
