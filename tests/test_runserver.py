@@ -37,6 +37,10 @@ def free_port() -> int:
         return port
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DjangoProcess:
     """``python -m django ARGS`` with its output collected line by line."""
 
@@ -57,6 +61,10 @@ class DjangoProcess:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # Ctrl-C as in a terminal: a shell runs background jobs (and CI runners
+            # may run this suite) with SIGINT ignored, and an ignored signal stays
+            # ignored across exec, so Python would install no KeyboardInterrupt.
+            preexec_fn=_default_sigint,
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
