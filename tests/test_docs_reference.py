@@ -374,6 +374,8 @@ _FIXED: dict[str, list[str]] = {
     "timeout sweep interval": ["tidings.server.main._SWEEP_INTERVAL"],
     "WebSocket handshake buffer": ["tidings.server.websocket._HANDSHAKE_BUFFER"],
     "WebSocket close timeout": ["tidings.server.websocket.CLOSE_TIMEOUT"],
+    "HTTP/2 stream resets": ["tidings.server.http2._MAX_RESETS"],
+    "HTTP/2 unanswered PING and SETTINGS": ["tidings.server.http2._MAX_UNREAD_CONTROL"],
     "permessage-deflate minimum size": ["tidings.wire.deflate.DEFAULT_MIN_COMPRESS_SIZE"],
     "permessage-deflate compression level": ["tidings.wire.deflate.DEFAULT_COMPRESSION_LEVEL"],
     "permessage-deflate memory level": ["tidings.wire.deflate.DEFAULT_MEMORY_LEVEL"],
