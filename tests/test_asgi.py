@@ -270,8 +270,8 @@ class _Owner:
 
 
 async def run_session(script: Script) -> Outcome:
+    from tidings.transports._session import Session
     from tidings.transports.config import TransportSettings
-    from tidings.transports.session import Session
 
     session = Session(
         token="t" * 16, sid="s", user_key=None, settings=TransportSettings(), owner=_Owner()

@@ -15,7 +15,7 @@ from django.core.checks import CheckMessage, run_checks
 from django.core.checks.registry import registry
 from django.test import override_settings
 
-from tidings.checks import (
+from tidings._checks import (
     check_asgi_application,
     check_channel_layers,
     check_runserver_override,

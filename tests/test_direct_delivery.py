@@ -15,7 +15,7 @@ from tests.server._helpers import Running, serve
 from tidings._types import WEBSOCKET_DIRECT, ASGIApp, ASGIReceive, ASGISend, Message, Scope
 from tidings.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
 from tidings.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
-from tidings.transports.request import SessionRequest, session_scope
+from tidings.transports._request import SessionRequest, session_scope
 
 GUARD = 10.0
 

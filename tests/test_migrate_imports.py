@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.migrate import project_files, rewrite_source
+from tidings._migrate import project_files, rewrite_source
 
 ROOT = Path(__file__).resolve().parent.parent
 

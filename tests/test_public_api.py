@@ -121,7 +121,13 @@ def test_server_never_imports_django_or_layers() -> None:
     # The server is a general ASGI server: below it only the wire cores, the ASGI types
     # and state machine, and the version.
     allowed_tidings = ("tidings.server", "tidings.wire")
-    allowed_modules = {"tidings", "tidings._types", "tidings._asgi", "tidings._version"}
+    allowed_modules = {
+        "tidings",
+        "tidings._types",
+        "tidings._asgi",
+        "tidings._version",
+        "tidings._metrics",  # the counters' leaf module (stdlib only, below)
+    }
     for path in _files("server"):
         for name in _imports(path):
             assert not name.startswith("django"), (path, name)
@@ -134,6 +140,13 @@ def test_the_asgi_state_machine_is_stdlib_only() -> None:
     for name in _imports(PACKAGE / "_asgi.py"):
         top = name.split(".")[0]
         assert top in stdlib or top == "__future__" or name == "tidings._types", name
+
+
+def test_the_metrics_core_is_a_stdlib_leaf() -> None:
+    # Every layer bumps its counters: the server, the channel layers, the transports.
+    stdlib = sys.stdlib_module_names
+    for name in _imports(PACKAGE / "_metrics.py"):
+        assert name.split(".")[0] in stdlib or name == "__future__", name
 
 
 def test_layers_never_import_the_server_or_consumers() -> None:

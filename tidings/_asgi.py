@@ -296,6 +296,7 @@ def _response_body(ws: ASGIWebSocketConnection, message: Message) -> Refusal | N
         ws.phase = CLOSED
     if ws.stream_denial:
         return Refusal(denial.status, denial.headers, body, more)
+    assert ws._chunks is not None  # set by _response_start
     ws._chunks.append(body)
     if more:
         return None
@@ -341,7 +342,7 @@ class ASGIWebSocketConnection:
         self.phase = CONNECTING
         self.stream_denial = stream_denial
         self._denial: Refusal | None = None  # status and headers of a response in progress
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] | None = None  # a denial response's body, when buffered
 
     def app_sent(self, message: Message) -> Action | None:
         """Check a message the application sent and return what it means.

@@ -19,6 +19,6 @@ class TidingsConfig(AppConfig):
     verbose_name = "Tidings"
 
     def ready(self) -> None:
-        from tidings.checks import register_checks
+        from tidings._checks import register_checks
 
         register_checks()

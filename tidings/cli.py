@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _make_parser()
     ns = parser.parse_args(argv)
     if ns.command == "migrate-imports":
-        from tidings.migrate import migrate_main
+        from tidings._migrate import migrate_main
 
         return migrate_main(ns.paths, write=ns.write)
     add_app_dir(ns.app_dir)

@@ -29,7 +29,7 @@ from tests.transports._client import Endpoint, msg, send_items, session_ws, sse,
 from tests.transports.conftest import CLIENT_HEADERS, Harness, harness
 from tests.transports.test_resume import until
 from tests.transports.test_workers import fresh_connections, servers
-from tidings.transports.manager import parse_sid
+from tidings.transports._manager import parse_sid
 
 ROOM = "/ws/echo/lobby/"
 MiB = 1024 * 1024
@@ -226,7 +226,9 @@ async def test_posts_to_a_busy_session_are_answered_at_once(redis_url: str, tmp_
             statuses = [status for status, _, _ in results]
             assert statuses == [429] * 60
             assert all(after == "1" for status, _, after in results if status == 429)
-            assert max(took for _, took, _ in results) < 2  # none waited for the consumer
+            # None waited for the consumer's 10 s sleep; 60 bodies of 900 KiB take up to a
+            # few seconds on a loaded 2-core machine themselves.
+            assert max(took for _, took, _ in results) < 7
             assert rss(pid) - resident < 50 * MiB
 
 

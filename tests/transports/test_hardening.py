@@ -10,11 +10,11 @@ import asyncio
 import pytest
 from django.test import override_settings
 
-from tidings.transports import request
-from tidings.transports.inbox import INBOX_BYTES, INBOX_LIMIT, Inbox, InboxFull
-from tidings.transports.limiter import MAX_CLIENTS, OpenLimiter, client_address
-from tidings.transports.manager import make_sid, parse_sid
-from tidings.transports.protocol import ClientMessage, ProtocolError, parse_frame, parse_post_body
+from tidings.transports import _request as request
+from tidings.transports._inbox import INBOX_BYTES, INBOX_LIMIT, Inbox, InboxFull
+from tidings.transports._limiter import MAX_CLIENTS, OpenLimiter, client_address
+from tidings.transports._manager import make_sid, parse_sid
+from tidings.transports._protocol import ClientMessage, ProtocolError, parse_frame, parse_post_body
 
 from ._client import poll, sse
 from .conftest import harness

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tidings.transports.inbox import CACK_DELAY, CACK_EVERY, INBOX_LIMIT
+from tidings.transports._inbox import CACK_DELAY, CACK_EVERY, INBOX_LIMIT
 
 from . import apps
 from ._client import is_cack, last_seq, messages, msg, send_items, session_ws, sse, texts, ws_next

@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.server._helpers import open_conn, read_response
 from tidings.transports import TransportRouter, TransportSettings
-from tidings.transports.manager import make_sid
+from tidings.transports._manager import make_sid
 
 from . import apps
 from ._client import msg, poll, send_items, session_ws, sse, texts, ws_next

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tidings.transports import remote
+from tidings.transports import _remote as remote
 
 from . import apps
 from ._client import last_seq, msg, poll, send_items, sse, texts

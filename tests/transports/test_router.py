@@ -10,7 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 from tidings.consumer import TRANSPORT_SESSION_KEY
 from tidings.testing import ApplicationCommunicator
-from tidings.transports import manager as manager_module
+from tidings.transports import _manager as manager_module
 
 from . import apps
 from ._client import msg, poll, send_items, session_ws, sse, ws_next

@@ -80,6 +80,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from tidings import _metrics
 from tidings.exceptions import ChannelFull
 from tidings.layers.base import Message
 
@@ -184,6 +185,7 @@ class Mailboxes:
             elif self._drop_expired(record, now):
                 self._leave_groups(channel)
             if len(record.queue) >= record.capacity:
+                _metrics.channel_full()
                 raise ChannelFull(f"channel {channel!r} is full ({record.capacity} messages)")
             record.queue.append((now + self.expiry, snapshot))
             if record.waiters:
@@ -213,7 +215,9 @@ class Mailboxes:
                     if self._drop_expired(record, now):
                         self._leave_groups(channel)
                     if record.queue:
-                        _, snapshot = record.queue.popleft()
+                        deadline, snapshot = record.queue.popleft()
+                        if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
+                            m.layer_receive.observe(now + self.expiry - deadline)
                         if not record.queue and not record.waiters:
                             del self.channels[channel]
                         break
@@ -253,7 +257,9 @@ class Mailboxes:
                 self._leave_groups(channel)
                 if not queue:
                     return None
-            _, snapshot = queue.popleft()
+            deadline, snapshot = queue.popleft()
+            if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
+                m.layer_receive.observe(now + self.expiry - deadline)
             # The mailbox stays even when empty: its reader (a MessageMux) watches it
             # again at once, and making it anew each message cost more than the rest
             # of this call. unwatch() or the sweep reclaims it once nobody waits.
@@ -337,12 +343,17 @@ class Mailboxes:
                 return
             entry = (now + self.expiry, snapshot)
             handed = self._fan_out(group, members, entry, now, direct, loop)
+        direct_sent = len(handed)
         for record, send_now in handed:
             if not send_now(snapshot):
                 # The socket could not take it now (slow client, closing): queue it as
                 # usual; the consumer's websocket_send handler will send it.
+                direct_sent -= 1
                 with self.lock:
                     self._offer(record, entry, loop)
+        if (m := _metrics.ACTIVE) is not None:
+            m.group_fanout.observe(len(members))
+            m.direct_deliveries += direct_sent
 
     def _fan_out(
         self,

@@ -33,6 +33,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tidings import _metrics
 from tidings.exceptions import ChannelFull, ChannelLayerUnavailable
 from tidings.layers._mailboxes import Mailboxes
 from tidings.layers._redis_codec import Codec, UnreadableMessage
@@ -521,6 +522,8 @@ class _InboxReader:
             self.stop_listening_if_refused()
             entries = await self.fetch()
         if self.down_since is not None:
+            if (m := _metrics.ACTIVE) is not None:
+                m.redis_reconnects += 1
             logger.warning(
                 "Redis at %s is reachable again after %.1f s; node %s resumed",
                 self.where,
@@ -610,6 +613,8 @@ class _InboxReader:
             return False
         if self.down_since is None:
             self.down_since = time.monotonic()
+            if (m := _metrics.ACTIVE) is not None:
+                m.redis_outages += 1
             logger.warning(
                 "Redis at %s is unreachable (%s); node %s retrying with backoff",
                 self.where,

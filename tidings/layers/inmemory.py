@@ -47,6 +47,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from tidings import _metrics
 from tidings.layers._mailboxes import SEND_SWEEP_CHANNELS, Mailbox, Mailboxes, isolate
 from tidings.layers._names import check_name_prefix
 from tidings.layers._options import positive_number
@@ -65,6 +66,7 @@ DEFAULT_GROUP_EXPIRY: Final[float] = 86400
 """Seconds a group membership lasts after its last ``group_add`` (one day, as in Channels)."""
 
 
+@_metrics.timed(send="layer_send", group_send="layer_group_send")
 class InMemoryChannelLayer(BaseChannelLayer):
     """A channel layer that lives in this process's memory.
 

@@ -128,6 +128,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
+from tidings import _metrics
 from tidings.exceptions import ChannelFull
 from tidings.layers._mailboxes import Mailboxes
 from tidings.layers._names import check_name_prefix
@@ -184,6 +185,7 @@ _CHECKED_NAMES: Final = 65536  # checked names remembered, then forgotten all at
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
+@_metrics.timed(send="layer_send", group_send="layer_group_send")
 class RedisChannelLayer(BaseChannelLayer):
     """A channel layer on Redis: many processes, many hosts, per-node group fan-out.
 
@@ -305,6 +307,7 @@ class RedisChannelLayer(BaseChannelLayer):
         else:
             queued = await self._send_shared(channel, self._codec.seal(payload))
         if not queued:
+            _metrics.channel_full()
             raise ChannelFull(f"channel {channel!r} is full")
 
     async def _send_shared(self, channel: str, sealed: bytes) -> bool:

@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Final
 
+from tidings import _metrics
 from tidings._types import ASGIApp, Message
 from tidings.server._state import access_log, error_log, fmt_client, loggable, loggable_query
 from tidings.server.errors import ServerError
@@ -100,6 +102,7 @@ class RequestCycle:
         "scope",
         "sent",
         "sent_continue",
+        "started",
         "status",
         "task",
         "trailers",
@@ -144,6 +147,7 @@ class RequestCycle:
         self.remaining = -1
         self.sent = 0
         self.task: asyncio.Task[None] | None = None
+        self.started = 0.0  # time.monotonic() of the complete head (set by the protocol)
 
     def on_disconnect(self) -> None:
         self.disconnected = True
@@ -159,6 +163,7 @@ class RequestCycle:
             if self.disconnected or isinstance(exc, ClientDisconnected):
                 error_log.debug("ASGI application stopped after the client left: %r", exc)
             else:
+                _metrics.app_raised("http")
                 error_log.error("Exception in ASGI application", exc_info=exc)
             self._fail_response()
         else:
@@ -202,6 +207,8 @@ class RequestCycle:
         if not self.head_written and not self.disconnected and not transport.is_closing():
             transport.write(simple_response(500, "Internal Server Error"))
             self.status = 500
+        if (m := _metrics.ACTIVE) is not None:
+            m.http_duration[self.status // 100].observe(time.monotonic() - self.started)
         self.protocol.cycle_done(self)
 
     # -- receive ------------------------------------------------------------------------
@@ -456,6 +463,12 @@ class RequestCycle:
                 self.status,
                 self.sent,
             )
+        if (m := _metrics.ACTIVE) is not None:
+            # Histogram.observe, inline: this runs once per request.
+            histogram = m.http_duration[self.status // 100]
+            elapsed = time.monotonic() - self.started
+            histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
+            histogram.total += elapsed
         protocol.cycle_done(self)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "human_size",
     "parse_seconds",
     "parse_size",
+    "split_host_port",
 ]
 
 Section = Literal["", "limits", "timeouts", "websocket"]
@@ -129,6 +130,28 @@ def _log_level(flag: str, value: Any) -> str | None:
 
 def _lifespan(flag: str, value: Any) -> str | None:
     return None if value in ("auto", "on", "off") else f"{flag} must be auto, on or off"
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> ``(host, port)``; ValueError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (examples: 127.0.0.1:9100, [::1]:9100)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:9100")
+    return host, int(port)
+
+
+def _host_port(flag: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        return f"{flag}: {exc}"
+    return None
 
 
 def _networks(flag: str, value: Any) -> str | None:
@@ -253,6 +276,7 @@ _APPLICATION = "application"
 _LOGGING = "logging"
 _LIMITS = "limits (sizes accept KiB/MiB/GiB suffixes)"
 _WEBSOCKET = "WebSocket"
+_HTTP2 = "HTTP/2"
 
 # fmt: off
 OPTIONS: Final[tuple[Option, ...]] = (
@@ -307,6 +331,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
            kind=TOGGLE),
     Option("", "log_level", "--log-level", _LOGGING, "info", "log level",
            choices=LOG_LEVELS, check=_log_level),
+    Option("", "metrics_bind", "--metrics-bind", _LOGGING, None,
+           "serve Prometheus metrics of every worker on HOST:PORT (a listener of its own)",
+           why="off: an open metrics port tells anyone who reaches it about the site",
+           check=_host_port),
     # -- limits
     Option("limits", "max_header_size", "--max-header-size", _LIMITS, 32 * 1024,
            "request line + headers, bytes; larger gets 431",
@@ -392,6 +420,40 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "received messages the app hasn't read before reading pauses",
            why="received messages the app has not consumed; then reading pauses",
            kind=INT, bounds=(1, 1 << 20)),
+    # -- HTTP/2
+    Option("", "http2", "--http2", _HTTP2, True,
+           "serve HTTP/2: ALPN h2 with TLS, and cleartext h2c unless --no-h2c",
+           why="browsers use HTTP/2 for every HTTPS page and open only 6 HTTP/1.1 "
+           "connections per site", kind=TOGGLE),
+    Option("", "h2c", "--h2c", _HTTP2, True,
+           "accept cleartext HTTP/2 with prior knowledge (told apart by its preface)",
+           why="HAProxy and Envoy reach backends this way; the preface can't be mistaken "
+           "for an HTTP/1.1 request", kind=TOGGLE),
+    Option("", "h2_connect_protocol", "--h2-connect-protocol", _HTTP2, True,
+           "offer WebSocket over HTTP/2 (RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+           why="browsers then open wss:// on the page's HTTP/2 connection; turn it off to "
+           "keep every WebSocket on its own HTTP/1.1 connection", kind=TOGGLE),
+    Option("limits", "h2_max_concurrent_streams", "--h2-max-concurrent-streams", _HTTP2, 100,
+           "streams one HTTP/2 connection may have open; more are refused (REFUSED_STREAM)",
+           why="RFC 9113 section 6.5.2 recommends no fewer than 100; nginx uses 128",
+           kind=INT, bounds=(1, 10_000)),
+    Option("limits", "h2_max_header_list_size", "--h2-max-header-list-size", _HTTP2,
+           32 * 1024, "decoded header list (and compressed header block) of an HTTP/2 request",
+           why="the same budget as --max-header-size; it also caps an HPACK bomb and an "
+           "endless CONTINUATION sequence", kind=SIZE, bounds=(1024, 1 << 24)),
+    Option("limits", "h2_initial_window_size", "--h2-initial-window-size", _HTTP2,
+           64 * 1024, "request body bytes a client may send on a stream before the app reads",
+           why="the RFC's default window (64 KiB); nginx pre-reads 64 KiB per stream",
+           kind=SIZE, bounds=(1024, (1 << 31) - 1)),
+    Option("limits", "h2_max_frame_size", "--h2-max-frame-size", _HTTP2, 16 * 1024,
+           "largest HTTP/2 frame payload the client may send",
+           why="the RFC's minimum and default (RFC 9113 section 6.5.2)",
+           kind=SIZE, bounds=(1 << 14, (1 << 24) - 1)),
+    Option("timeouts", "h2_stall", "--h2-stall-timeout", _HTTP2, 30.0,
+           "seconds an HTTP/2 response may wait for the client to open its flow-control window",
+           why="a client that never reads must not hold a stream, its app and its buffer for "
+           "ever; as long as --body-timeout for the other direction",
+           kind=SECONDS),
 )
 # fmt: on
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tidings import _metrics
 from tidings._types import ASGIApp
 from tidings.server.config import Config
 from tidings.wire import encode_message
@@ -139,6 +140,9 @@ class ServerState:
         self.orphans: dict[asyncio.Task[None], tuple[float, str, str]] = {}
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.
         self.websocket_upgrade: Callable[[Any, dict[str, Any], bytes], None] | None = None
+        # Called with (http_protocol, preface_bytes_before_data, data) when a connection
+        # opens with the HTTP/2 preface (h2c prior knowledge); None when h2c is off.
+        self.h2c_upgrade: Callable[[Any, int, bytes], None] | None = None
         # The payload ``shared_frame`` framed last (held by identity) and its frame.
         self.framed_payload: str | bytes | None = None
         self._frame = b""
@@ -193,6 +197,7 @@ class ServerState:
                 del orphans[task]
             elif now >= deadline:
                 del orphans[task]
+                _metrics.hit("application_close_timeout")
                 error_log.warning(
                     "application for %s %s still running %.1f s after its connection closed; "
                     "cancelled (--application-close-timeout)",

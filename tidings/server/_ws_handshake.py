@@ -36,8 +36,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
+from tidings import _metrics
 from tidings._asgi import Accept, Refusal
 from tidings._types import Message
+from tidings.server._cycle import ClientDisconnected
 from tidings.server._state import access_log, error_log, fmt_client, loggable, loggable_query
 from tidings.wire import (
     HandshakeError,
@@ -64,12 +66,62 @@ __all__ = [
     "disconnect",
     "refuse",
     "respond",
+    "shared_fields",
 ]
 
 #: The phases of ``WebSocketProtocol._phase`` (drawn in ``tidings.server.websocket``).
 HANDSHAKE: Final = 0
 OPEN: Final = 1
 DONE: Final = 2
+
+
+#: Request header fields whose values repeat from one connection to the next (one
+#: site, the same browsers and proxies). A WebSocket keeps its request's headers in its
+#: scope for as long as it is open, so equal fields are held once per process and
+#: shared, not once per connection. Bounded: past ``_SHARED_MAX`` distinct fields, or
+#: for a value longer than ``_SHARED_VALUE_MAX``, a field stays the connection's own,
+#: so a client sending endless distinct values costs the table nothing more.
+_SHARED_NAMES: Final = frozenset(
+    (b"host", b"upgrade", b"connection", b"origin", b"user-agent", b"accept",
+     b"accept-encoding", b"accept-language", b"cache-control", b"pragma",
+     b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol",
+     b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-storage-access",
+     b"sec-ch-ua", b"sec-ch-ua-mobile", b"sec-ch-ua-platform", b"x-forwarded-proto",
+     b"x-forwarded-host", b"dnt", b"priority", b"via"),
+)  # fmt: skip
+#: Names of fields whose values differ per connection: only the name is shared.
+_NAMES: Final = {name: name for name in (
+    *_SHARED_NAMES, b"sec-websocket-key", b"cookie", b"authorization", b"referer",
+    b"x-forwarded-for", b"x-real-ip", b"forwarded",
+)}  # fmt: skip
+_SHARED_MAX: Final = 4096
+_SHARED_VALUE_MAX: Final = 256
+_shared: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+
+
+def shared_fields(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request's header fields for a long-lived scope: equal, with what repeats shared.
+
+    Args:
+        headers: the (lower-case name, value) pairs ``HttpProtocol`` parsed.
+    """
+    shared = _shared
+    out = []
+    for field in headers:
+        same = shared.get(field)
+        if same is None:
+            name, value = field
+            if (
+                name in _SHARED_NAMES
+                and len(value) <= _SHARED_VALUE_MAX
+                and len(shared) < _SHARED_MAX
+            ):
+                shared[field] = same = field
+            else:
+                common = _NAMES.get(name)
+                same = field if common is None else (common, value)
+        out.append(same)
+    return out
 
 
 def disconnect(code: int, reason: str = "") -> Message:
@@ -125,12 +177,15 @@ async def accept(ws: WebSocketProtocol, action: Accept) -> None:
     ws._phase = OPEN
     ws._since = time.monotonic()
     _access(ws, 101)
+    if (m := _metrics.ACTIVE) is not None:
+        m.ws_accepted += 1
     ws.transport.write(response)
+    ws._request = None  # the handshake's data is not needed any more
     early = ws._early
     if early:
         ws._early = []
         ws._early_size = 0
-        if ws._read_paused and len(ws._queue) < ws._max_queue:
+        if ws._read_paused and len(ws._queue or ()) < ws._max_queue:
             ws._resume_reading()
         ws.data_received(b"".join(early))
 
@@ -142,7 +197,10 @@ async def refuse(ws: WebSocketProtocol, action: Refusal) -> None:
         return
     _denial_body(ws, action)
     if ws._write_paused and not ws._lost:
-        await ws._write_and_wait(b"")
+        # Backpressure, as for send(); a client that stopped reading is cut off.
+        if ws._over_limit():
+            raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
+        await ws._drain()
 
 
 def deny(ws: WebSocketProtocol) -> None:
@@ -200,6 +258,8 @@ def respond(ws: WebSocketProtocol, response: bytes, status: int) -> None:
     A denial response whose head is already out is cut short instead: a second
     status line would corrupt it.
     """
+    if ws._disconnect is None and (m := _metrics.ACTIVE) is not None:
+        m.ws_denied[_denial_reason(ws, status)] += 1
     ws._finish(disconnect(1006))
     if ws._denial is not None and status != ws._denial.status:
         ws.transport.abort()
@@ -208,6 +268,15 @@ def respond(ws: WebSocketProtocol, response: bytes, status: int) -> None:
     if not ws.transport.is_closing():
         ws.transport.write(response)
     ws._close_transport()
+
+
+def _denial_reason(ws: WebSocketProtocol, status: int) -> str:
+    """Why the handshake ends with ``status`` (one of ``tidings._metrics.DENIAL_REASONS``)."""
+    if ws._denial is not None or status == 403:
+        return "refused"
+    if status == 500:
+        return "app_error"
+    return "unavailable" if status == 503 else "invalid"
 
 
 def _access(ws: WebSocketProtocol, status: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from tidings import _metrics
 from tidings.server._state import error_log, fmt_client
 from tidings.server._ws_handshake import HANDSHAKE, OPEN, disconnect, respond
 from tidings.wire import ConnectionState
@@ -55,6 +56,7 @@ def check_timeouts(ws: WebSocketProtocol, now: float) -> None:
                 fmt_client(ws._client),
                 settings.handshake_timeout,
             )
+            _metrics.hit("ws_handshake_timeout")
             respond(ws, simple_response(503, "WebSocket handshake timed out"), 503)
         return
     conn = ws._conn
@@ -82,6 +84,7 @@ def check_timeouts(ws: WebSocketProtocol, now: float) -> None:
             )
             # The peer looks dead: send the close frame and close TCP without
             # waiting for an answer.
+            _metrics.hit("ws_ping_timeout")
             ws._close(1011, "keepalive ping timeout")
             ws._finish(disconnect(1011, "keepalive ping timeout"))
             ws._close_transport()

@@ -82,6 +82,10 @@ class Limits:
     max_pipeline: int = DEFAULT_MAX_PIPELINE  # reading pauses
     write_high_water: int = DEFAULT_WRITE_HIGH_WATER  # send() waits
     backlog: int = DEFAULT_BACKLOG
+    h2_max_concurrent_streams: int = default("limits.h2_max_concurrent_streams")  # REFUSED_STREAM
+    h2_max_header_list_size: int = default("limits.h2_max_header_list_size")  # GOAWAY
+    h2_initial_window_size: int = default("limits.h2_initial_window_size")  # flow control
+    h2_max_frame_size: int = default("limits.h2_max_frame_size")  # FRAME_SIZE_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,8 @@ class Timeouts:
     graceful: float = DEFAULT_GRACEFUL_TIMEOUT
     # From the moment a connection is gone to cancelling its app's task.
     application_close: float = DEFAULT_APPLICATION_CLOSE_TIMEOUT
+    # An HTTP/2 response waiting for the client's flow-control window: then RST_STREAM.
+    h2_stall: float = default("timeouts.h2_stall")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,10 @@ class Config:
     reload_dirs: tuple[str, ...] = default("reload_dirs")
     lifespan: Literal["auto", "on", "off"] = default("lifespan")  # a LifespanMode
     loop: Literal["auto", "asyncio", "uvloop"] = default("loop")
+    metrics_bind: str | None = default("metrics_bind")
+    http2: bool = default("http2")
+    h2c: bool = default("h2c")
+    h2_connect_protocol: bool = default("h2_connect_protocol")
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
@@ -150,6 +160,9 @@ class Config:
             raise ConfigError("--uds and --fd cannot be used together")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ConfigError("--ssl-certfile and --ssl-keyfile must be given together")
+        metrics, tcp = self.metrics_bind, self.port and self.uds is None and self.fd is None
+        if metrics is not None and tcp and metrics.endswith(f":{self.port}"):
+            raise ConfigError("--metrics-bind must not use the application's --port")
 
     @property
     def is_ssl(self) -> bool:

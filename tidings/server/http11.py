@@ -41,6 +41,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from tidings import _metrics
 from tidings.server._cycle import (
     PAUSE_BODY,
     PAUSE_PIPELINE,
@@ -98,6 +99,9 @@ _MIN_BODY_RATE: Final = 500
 _BODY_HIGH_WATER: Final = 256 * 1024
 
 _OWS: Final = (b" ", b"\t")
+
+# The limit behind a refused request's status (431 is also --max-header-count's).
+_LIMIT_OF_STATUS: Final = {413: "max_body_size", 414: "max_header_size", 431: "max_header_size"}
 
 
 class HttpProtocol(WriteFlowControl, asyncio.Protocol):
@@ -160,6 +164,8 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             # Over the limit, or accepted while shutting down: answer 503 and close
             # rather than hold the socket unanswered (the client sees why; a load
             # balancer can retry elsewhere).
+            if not state.closing:
+                _metrics.hit("max_connections")
             now = time.monotonic()
             if now - state.busy_logged_at >= 1.0:  # one line a second under a flood
                 state.busy_logged_at = now
@@ -223,6 +229,8 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
                 self._fail(RequestError(500, "internal error"))
             return
         except httptools.HttpParserError as exc:
+            if self.parser.get_method() == b"PRI" and self._h2c(data):
+                return
             self._fail(RequestError(400, _parser_reason(exc)))
             return
         if self._in_headers and self._raw_bytes > self.limits.max_header_size:
@@ -356,7 +364,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             keep_alive=parser.should_keep_alive() and not self._closing,
             expect_continue=self._expect_continue and version == "1.1",
         )
-        cycle.last_body = now = time.monotonic()
+        cycle.started = cycle.last_body = now = time.monotonic()
         cycle.body_deadline = now + self.timeouts.body
         self._parsing = cycle
         if self._active is None and not self._queue:
@@ -486,6 +494,9 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
                 pass
         if parsing is not None:
             parsing.on_disconnect()
+        limit = _LIMIT_OF_STATUS.get(err.status)
+        if limit is not None:
+            _metrics.hit("max_header_count" if "too many" in err.reason else limit)
         logger_level = logging.INFO if err.status < 500 else logging.ERROR
         error_log.log(
             logger_level,
@@ -531,6 +542,18 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._failed = True  # this object no longer parses
         handler(self, scope, trailing)
 
+    def _h2c(self, data: bytes) -> bool:
+        """Hand a connection that opened with the HTTP/2 preface to HTTP/2 (h2c)."""
+        handoff = self.state.h2c_upgrade
+        if handoff is None or self._active is not None or self._queue or self._running:
+            return False
+        # llhttp stops inside the preface's "PRI * HTTP/2.0" line; earlier chunks of
+        # this message were a prefix of it, so HTTP/2 is told how many bytes that was.
+        self.state.connections.discard(self)
+        self._failed = True  # this object no longer parses
+        handoff(self, self._raw_bytes - len(data), data)
+        return True
+
     def _pause(self, reason: int) -> None:
         if not self._paused and not self.transport.is_closing():
             self.transport.pause_reading()
@@ -571,6 +594,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
                     fmt_client(self.client),
                     t.header,
                 )
+                _metrics.hit("header_timeout")
                 self._timeout()
             return
         if self._idle_since is not None and self._active is None:
@@ -594,6 +618,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
                     "stalled" if stalled else "too slow",
                     t.body,
                 )
+                _metrics.hit("body_timeout")
                 self._timeout()
 
     def _timeout(self) -> None:

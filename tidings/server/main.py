@@ -28,11 +28,14 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from tidings import _metrics
 from tidings._types import ASGIApp
 from tidings.server._state import ServerState
 from tidings.server._worker import EXIT_STARTUP_FAILED
 from tidings.server.config import Config, ConfigError
 from tidings.server.errors import ServerError
+from tidings.server.http2 import AlpnSelector
+from tidings.server.http2 import install as install_http2
 from tidings.server.http11 import HttpProtocol
 from tidings.server.lifespan import Lifespan, LifespanError
 from tidings.server.proxy import ProxyTrust
@@ -137,7 +140,8 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         )
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"--ssl-certfile/--ssl-keyfile: cannot load: {exc}") from exc
-    ctx.set_alpn_protocols(["http/1.1"])
+    # RFC 7301: the client's preference decides among ours; browsers list h2 first.
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return ctx
 
 
@@ -171,6 +175,7 @@ class Server:
         proxy = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
         state = self.state = ServerState(config, self.app, loop, proxy=proxy)
         install_websocket(state)
+        install_http2(state)
         self._stop = asyncio.Event()
 
         lifespan = Lifespan(self.app, config.lifespan, state.lifespan_state)
@@ -181,9 +186,11 @@ class Server:
             return EXIT_STARTUP_FAILED
 
         ssl_ctx = _ssl_context(config)
+        # With TLS, the protocol is chosen once the handshake has picked one by ALPN.
+        factory = AlpnSelector if ssl_ctx is not None and config.http2 else HttpProtocol
         for sock in sockets:
             server = await loop.create_server(
-                lambda: HttpProtocol(state),
+                lambda: factory(state),
                 sock=sock,
                 ssl=ssl_ctx,
                 backlog=config.limits.backlog,
@@ -191,6 +198,10 @@ class Server:
             self._servers.append(server)
         self._log_listening(sockets)
         self.started = True
+        if config.metrics_bind is not None:  # a worker reporting to its supervisor
+            from tidings.server.metrics import worker_started
+
+            worker_started(state)
         if self.on_started is not None:
             self.on_started()
         sweeper = loop.create_task(self._sweep(state))
@@ -200,11 +211,21 @@ class Server:
             sweeper.cancel()
         await self._shutdown(state)
         await lifespan.shutdown()
+        if config.metrics_bind is not None:
+            from tidings.server.metrics import worker_stopping
+
+            worker_stopping()
         return 0
 
     async def _sweep(self, state: ServerState) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             await asyncio.sleep(self.sweep_interval)
+            metrics = _metrics.ACTIVE
+            if metrics is not None:  # event-loop lag: how late this sleep ended
+                lag = metrics.lag_last = max(0.0, loop.time() - started - self.sweep_interval)
+                metrics.lag.observe(lag)
             try:
                 state.sweep()
             except Exception:
@@ -355,6 +376,11 @@ def run(config: Config) -> int:
     configure_logging(config)
     sockets = bind_sockets(config)
     try:
+        if config.metrics_bind is not None:  # the supervisor serves them, even for 1 worker
+            from tidings.server.metrics import MetricsHub, bind_metrics
+
+            hub = MetricsHub(cast(socket.socket, bind_metrics(config)))
+            return Supervisor(config, sockets, serve=_serve_worker, metrics=hub).run()
         if config.workers > 1 or config.reload:
             return Supervisor(config, sockets, serve=_serve_worker).run()
         return serve_in_process(config, sockets)

@@ -31,9 +31,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tidings.server._worker import EXIT_STARTUP_FAILED, ServeWorker
 from tidings.server.config import Config
+
+if TYPE_CHECKING:
+    from tidings.server.metrics import MetricsHub
 
 __all__ = ["Supervisor"]
 
@@ -50,10 +54,18 @@ _SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cac
 class Supervisor:
     """Forks and watches worker processes."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket], *, serve: ServeWorker) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        *,
+        serve: ServeWorker,
+        metrics: MetricsHub | None = None,
+    ) -> None:
         self.config = config
         self.sockets = sockets
         self._serve = serve  # what a forked worker runs
+        self.metrics = metrics  # --metrics-bind: the workers' figures and the listener
         self.workers: dict[int, float] = {}  # pid -> start time
         self.stopping = False
         self.exit_status = 0
@@ -98,15 +110,24 @@ class Supervisor:
                         mtimes = current
                         logger.info("reloading: %s changed", changed)
                         self._stop_workers(self.config.timeouts.graceful)
-                time.sleep(_POLL)
+                self._idle(_POLL)
             self._stop_workers(self.config.timeouts.graceful)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self.exit_status
 
     def _stopped(self) -> bool:
         return self.stopping
+
+    def _idle(self, seconds: float) -> None:
+        """Wait between two checks of the workers; serve metrics scrapes meanwhile."""
+        if self.metrics is None:
+            time.sleep(seconds)
+        else:
+            self.metrics.poll(seconds, set(self.workers) | self._retiring)
 
     def _watch_dirs(self) -> list[Path]:
         return [Path(d) for d in (self.config.reload_dirs or (os.getcwd(),))]
@@ -183,12 +204,15 @@ class Supervisor:
         """Fork a worker; return its pid and (with ``ready_pipe``) the read end of a pipe
         it writes one byte to once it serves (else -1)."""
         read_fd, write_fd = os.pipe() if ready_pipe else (-1, -1)
+        pair = self.metrics.pair() if self.metrics is not None else None
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(s, signal.SIG_DFL)
+                if self.metrics is not None and pair is not None:
+                    self.metrics.in_worker(*pair)
 
                 def ready() -> None:
                     os.write(write_fd, b"1")
@@ -207,6 +231,8 @@ class Supervisor:
                 os._exit(status)
         if ready_pipe:
             os.close(write_fd)
+        if self.metrics is not None and pair is not None:
+            self.metrics.add_worker(pid, *pair)
         self.workers[pid] = time.monotonic()
         return pid, read_fd
 

@@ -65,6 +65,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from tidings import _metrics
 from tidings._asgi import (
     ACCEPTED,
     CLOSED,
@@ -208,7 +209,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             "raw_path": scope["raw_path"],
             "query_string": scope["query_string"],
             "root_path": scope["root_path"],
-            "headers": scope["headers"],
+            "headers": _ws_handshake.shared_fields(scope["headers"]),
             "client": scope["client"],
             "server": scope["server"],
             "subprotocols": [],
@@ -218,9 +219,9 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._phase = _HANDSHAKE
         self._request: HandshakeRequest | None = None
         self._conn: WebSocketConnection | None = None
-        # Messages for receive(), oldest first, and the future of a receive() that waits
-        # (only while the deque is empty).
-        self._queue: deque[Message] = deque()
+        # Messages for receive(), oldest first (a deque of 760 bytes only while some wait),
+        # and the future of a receive() that waits (only while there are none).
+        self._queue: deque[Message] | None = None
         self._waiter: asyncio.Future[Message] | None = None
         self._disconnect: Message | None = None  # set once: the connection is over (DONE)
         # The application's side (what it may send now), and the denial response whose
@@ -264,7 +265,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             return
         self._request = request
         self.scope["subprotocols"] = list(request.subprotocols)
-        self._queue.append({"type": "websocket.connect"})
+        self._queue = deque(({"type": "websocket.connect"},))
         if trailing:
             self.data_received(trailing)
         task = self.task = self.loop.create_task(self._run(state.app))
@@ -288,9 +289,11 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 error_log.debug("ASGI application stopped after the client left: %r", exc)
                 self._close_transport()
             elif self._phase == _HANDSHAKE:
+                _metrics.app_raised("websocket")
                 error_log.error("Exception in ASGI application before accept", exc_info=exc)
                 _ws_handshake.respond(self, simple_response(500, "Internal Server Error"), 500)
             else:
+                _metrics.app_raised("websocket")
                 error_log.error("Exception in ASGI application", exc_info=exc)
                 self._close(1011, "internal error")
         else:
@@ -313,6 +316,8 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         queue = self._queue
         if queue:
             message = queue.popleft()
+            if not queue:
+                self._queue = None
             if self._read_paused and len(queue) < self._max_queue and self._conn is not None:
                 self._resume_reading()
             return message
@@ -368,7 +373,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 conn.send_encoded(self.state.shared_frame(data))
         except (UnicodeEncodeError, ConnectionClosedError):
             return False
-        self.transport.write(conn.data_to_send())
+        self.transport.write(out := conn.data_to_send())
+        if (m := _metrics.ACTIVE) is not None:
+            m.ws_messages_out += 1
+            m.ws_bytes_out += len(out)
         return True
 
     async def send(self, message: Message) -> None:
@@ -404,7 +412,10 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 return
             if self._write_paused and self._over_limit():
                 raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
-            self.transport.write(conn.data_to_send())
+            self.transport.write(out := conn.data_to_send())
+            if (m := _metrics.ACTIVE) is not None:
+                m.ws_messages_out += 1
+                m.ws_bytes_out += len(out)
             if self._write_paused:
                 await self._drain()
             return
@@ -459,6 +470,8 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                     self._pause_reading()
             return
         self._seen = True
+        if (m := _metrics.ACTIVE) is not None:
+            m.ws_bytes_in += len(data)
         conn.receive_data(data)
         events = conn.events()
         delivered = 0
@@ -484,6 +497,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 self._closed(event.code, event.reason)
                 return
             elif type(event) is ConnectionFailed:
+                _metrics.failed(event.code)
                 error_log.info(
                     "%s - WebSocket protocol error: %s (close code %d)",
                     fmt_client(self._client),
@@ -512,13 +526,15 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._close_transport()
 
     def _deliver(self, message: Message) -> None:
+        if (m := _metrics.ACTIVE) is not None:
+            m.ws_messages_in += 1
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(message)
                 return
-        queue = self._queue
+        queue = self._queue = self._queue or deque()
         queue.append(message)
         if len(queue) >= self._max_queue and not self._read_paused:
             self._pause_reading()
@@ -546,6 +562,8 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         """The connection is over for the app: record why, wake a waiting receive()."""
         if self._disconnect is not None:
             return
+        if self._phase == _OPEN and (m := _metrics.ACTIVE) is not None:
+            m.closed(disconnect["code"])
         self._phase = _DONE
         self._disconnect = disconnect
         waiter = self._waiter
@@ -578,18 +596,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             return True
         return False
 
-    async def _write_and_wait(self, data: bytes) -> None:
-        """Write ``data`` unless the client stopped reading, then wait for the transport
-        to drop below its high-water mark (``send()`` backpressure)."""
-        if self._lost:
-            raise ClientDisconnected("WebSocket connection lost")
-        if self._write_paused and self._over_limit():
-            raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
-        if data:
-            self.transport.write(data)
-        if self._write_paused:
-            await self._drain()
-
     async def _drain(self) -> None:
         """Wait until the transport is below its high-water mark again (or gone)."""
         waiter = self.loop.create_future()
@@ -609,6 +615,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             self.transport.get_write_buffer_size(),
             self._max_send_buffer,
         )
+        _metrics.hit("ws_max_send_buffer")
         conn = self._conn
         if conn is not None:
             conn.close(1008, "send buffer full")

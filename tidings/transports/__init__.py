@@ -24,7 +24,7 @@ layers and ``tidings.wire``; nothing in ``tidings.server`` or
 
 from __future__ import annotations
 
+from tidings.transports._router import TransportRouter, fallback
 from tidings.transports.config import TransportSettings
-from tidings.transports.router import TransportRouter, fallback
 
 __all__ = ["TransportRouter", "TransportSettings", "fallback"]

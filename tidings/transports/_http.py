@@ -13,8 +13,8 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 
 from tidings._types import ASGIReceive, ASGISend, Scope
+from tidings.transports._session import Decision
 from tidings.transports.errors import TransportError
-from tidings.transports.session import Decision
 
 __all__ = [
     "ClientGone",

@@ -44,8 +44,8 @@ from collections.abc import Callable
 from typing import Final
 
 from tidings._types import Message
+from tidings.transports._protocol import ClientMessage, cack_envelope
 from tidings.transports.errors import TransportError
-from tidings.transports.protocol import ClientMessage, cack_envelope
 
 __all__ = ["CACK_DELAY", "CACK_EVERY", "INBOX_BYTES", "INBOX_LIMIT", "Inbox", "InboxFull"]
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tidings import _metrics
 from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.transports._http import (
     race,
@@ -43,13 +44,13 @@ from tidings.transports._http import (
     respond_json,
     until_disconnect,
 )
+from tidings.transports._inbox import InboxFull
+from tidings.transports._manager import Opening, SessionManager
+from tidings.transports._protocol import ProtocolError, parse_post_body
+from tidings.transports._remote import RemoteTimeout
+from tidings.transports._session import Attachment
+from tidings.transports._sse import until_shutdown
 from tidings.transports.config import TransportSettings
-from tidings.transports.inbox import InboxFull
-from tidings.transports.manager import Opening, SessionManager
-from tidings.transports.protocol import ProtocolError, parse_post_body
-from tidings.transports.remote import RemoteTimeout
-from tidings.transports.session import Attachment
-from tidings.transports.sse import until_shutdown
 
 __all__ = ["serve_close", "serve_poll", "serve_send"]
 
@@ -91,7 +92,13 @@ async def serve_poll(
             await until_shutdown(scope, attachment)
             answered = True
 
-        await race(wait(), until_disconnect(receive), shutdown())
+        if (m := _metrics.ACTIVE) is not None:
+            m.open_longpoll += 1
+        try:
+            await race(wait(), until_disconnect(receive), shutdown())
+        finally:
+            if m is not None:
+                m.open_longpoll -= 1
         if not answered:
             return  # the client left while we held the request
         body = "[" + ",".join([opening.envelope("longpoll"), *batch]) + "]"
@@ -131,10 +138,12 @@ async def serve_send(
     limit = settings.max_post_size
     declared = _content_length(scope)
     if declared is not None and declared > limit:
+        _metrics.hit("max_post_size")
         await respond(send, 413, b"body over max_post_size\n", headers=_CLOSE)
         return
     body = await read_body(receive, limit)
     if body is None:
+        _metrics.hit("max_post_size")
         await respond(send, 413, b"body over max_post_size\n", headers=_CLOSE)
         return
     try:
@@ -166,6 +175,7 @@ async def serve_send(
 
 
 async def _busy(send: ASGISend, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    _metrics.hit("inbox")
     head = [(b"retry-after", _FULL_RETRY_AFTER), *(headers or [])]
     await respond(send, 429, b"the consumer is busy, retry later\n", headers=head)
 

@@ -28,7 +28,7 @@ open a new session (``resumed: false``), unless the user already has
 sessions (503; every session in :attr:`SessionManager.sessions` counts, from
 its opening until it is removed, so a resume is never refused), or the
 client address opens sessions faster than ``client_open_rate`` (429, see
-:mod:`~tidings.transports.limiter`).
+:mod:`~tidings.transports._limiter`).
 :meth:`SessionManager.find` serves ``send`` and ``close``: a :class:`Link` to
 the session, local or remote.
 
@@ -50,14 +50,15 @@ from typing import Final, Protocol
 
 from django.utils.crypto import salted_hmac
 
+from tidings import _metrics
 from tidings._types import ASGIApp, Scope
 from tidings.layers import get_channel_layer
+from tidings.transports._limiter import OpenLimiter, client_address
+from tidings.transports._protocol import CACK_TRANSPORTS, ClientMessage, open_envelope
+from tidings.transports._remote import RemoteHub, RemoteLink
+from tidings.transports._request import is_anonymous
+from tidings.transports._session import Attachment, Decision, Session
 from tidings.transports.config import TransportSettings
-from tidings.transports.limiter import OpenLimiter, client_address
-from tidings.transports.protocol import CACK_TRANSPORTS, ClientMessage, open_envelope
-from tidings.transports.remote import RemoteHub, RemoteLink
-from tidings.transports.request import is_anonymous
-from tidings.transports.session import Attachment, Decision, Session
 
 __all__ = [
     "DECISION_TIMEOUT",
@@ -89,7 +90,7 @@ _SID_RE: Final = re.compile(
     r"([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9._-]+![A-Za-z0-9._-]*)"
 )
 _PORT_PREFIX: Final = "tidings-sessions"
-_SID_SALT: Final = "tidings.transports.session-id"
+_SID_SALT: Final = "tidings.transports._session-id"
 
 
 def _mac(token: str, port: str) -> str:
@@ -119,7 +120,7 @@ class Link(Protocol):
         """Queue messages for the consumer; ``cack``, or ``None`` if the session is unknown.
 
         ``answered``: the caller tells the client ``cack``; ``wait=False``:
-        raise :class:`~tidings.transports.inbox.InboxFull` instead of waiting
+        raise :class:`~tidings.transports._inbox.InboxFull` instead of waiting
         for room (see :meth:`Inbox.push`).
         """
 
@@ -314,6 +315,8 @@ class SessionManager:
         if sid is not None:
             resumed = await self._resume(sid, last, user, cacks)
             if resumed is not None:
+                if (m := _metrics.ACTIVE) is not None:
+                    m.sessions["resumed"] += 1
                 return resumed
             logger.info(
                 "Session %s could not be resumed (unknown, expired, another user's, or "
@@ -354,14 +357,17 @@ class SessionManager:
         limit = self.settings.max_sessions_per_user
         counted = user is not None and not is_anonymous(user)
         if counted and user is not None and self._per_user.get(user, 0) >= limit:
+            _metrics.hit("max_sessions_per_user")
             self._log_refusal(429, f"user {user} holds {limit} (max_sessions_per_user)")
             return Opening(429, retry_after=1)
         if len(self.sessions) >= self.settings.max_sessions:
             limit = self.settings.max_sessions
+            _metrics.hit("max_sessions")
             self._log_refusal(503, f"this process holds {limit} (max_sessions)")
             return Opening(503)
         client = client_address(scope.get("client"))
         if not self._limiter.allow(client, self.loop.time()):
+            _metrics.hit("client_open_rate")
             self._log_refusal(429, f"client {client} opens too many (client_open_rate)")
             return Opening(429, retry_after=self._limiter.retry_after())
         token = secrets.token_urlsafe(_TOKEN_BYTES)
@@ -380,6 +386,8 @@ class SessionManager:
         attachment = session.attach(0, cacks=cacks)
         assert attachment is not None
         logger.debug("Session %s opened over %s", session.label, scope.get("transport"))
+        if (m := _metrics.ACTIVE) is not None:
+            m.sessions["opened"] += 1
         return Opening(200, sid, attachment=attachment, link=LocalLink(session), session=session)
 
     def _log_refusal(self, status: int, why: str) -> None:

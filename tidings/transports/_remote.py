@@ -39,10 +39,10 @@ from typing import Any, Final, Protocol
 
 from tidings._types import Message
 from tidings.layers.base import BaseChannelLayer
+from tidings.transports._inbox import InboxFull
+from tidings.transports._protocol import ClientMessage, layer_messages
+from tidings.transports._session import LocalAttachment, Session
 from tidings.transports.errors import TransportError
-from tidings.transports.inbox import InboxFull
-from tidings.transports.protocol import ClientMessage, layer_messages
-from tidings.transports.session import LocalAttachment, Session
 
 __all__ = [
     "KEEPALIVE",

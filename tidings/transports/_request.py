@@ -33,8 +33,8 @@ from urllib.parse import quote, unquote_plus
 from django.http.cookie import parse_cookie
 
 from tidings._types import Scope
+from tidings.transports._protocol import TRANSPORT_NAMES
 from tidings.transports.errors import TransportError
-from tidings.transports.protocol import TRANSPORT_NAMES
 
 __all__ = [
     "BROWSER_COOKIE",

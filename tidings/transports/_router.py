@@ -39,7 +39,7 @@ Before anything else, a ``sid`` that this deployment did not sign is refused:
 ``"websocket"`` URL router does not know is 404 (logged at debug level).
 
 **Owners.** Authenticated sessions belong to ``str(user.pk)``; anonymous
-ones to the browser key cookie (:mod:`~tidings.transports.request`). An
+ones to the browser key cookie (:mod:`~tidings.transports._request`). An
 anonymous request that opens a session without that cookie gets a new key
 (``set-cookie`` on the response that opens it), so no request without the
 cookie can use an anonymous session.
@@ -61,11 +61,13 @@ from tidings._asgi import PLAIN_REFUSAL, Accept, ASGIMessageError, ASGIWebSocket
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
 from tidings.consumer import TRANSPORT_SESSION_KEY
 from tidings.routing import ProtocolTypeRouter
-from tidings.transports import _http, longpoll, sse, websocket
-from tidings.transports.config import TransportSettings
-from tidings.transports.manager import Opening, SessionManager, parse_sid
-from tidings.transports.protocol import TRANSPORT_NAMES
-from tidings.transports.request import (
+from tidings.transports import _http
+from tidings.transports import _longpoll as longpoll
+from tidings.transports import _sse as sse
+from tidings.transports import _websocket as websocket
+from tidings.transports._manager import Opening, SessionManager, parse_sid
+from tidings.transports._protocol import TRANSPORT_NAMES
+from tidings.transports._request import (
     BadRequest,
     SessionRequest,
     browser_cookie,
@@ -77,6 +79,7 @@ from tidings.transports.request import (
     session_scope,
     user_key,
 )
+from tidings.transports.config import TransportSettings
 
 __all__ = ["SessionHandle", "TransportRouter", "fallback"]
 

@@ -7,7 +7,7 @@ for as long as the *session* lives, which is longer than any one transport
 connection. It plays the server's part towards the consumer:
 
 * ``receive()`` returns ``websocket.connect``, then the client's messages
-  (:meth:`Session.push`: the session's :class:`~tidings.transports.inbox.Inbox`
+  (:meth:`Session.push`: the session's :class:`~tidings.transports._inbox.Inbox`
   de-duplicates and orders them by ``cseq``, bounds them, and acknowledges
   them as ``cack``), then ``websocket.disconnect`` once the session is over;
 * ``send()`` takes ``websocket.accept`` or a refusal (``websocket.close`` or a
@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, Protocol
 
+from tidings import _metrics
 from tidings._asgi import (
     Accept,
     ASGIWebSocketConnection,
@@ -70,9 +71,9 @@ from tidings._asgi import (
     SendText,
 )
 from tidings._types import ASGIApp, Message, Scope
+from tidings.transports._inbox import Inbox
+from tidings.transports._protocol import ClientMessage, close_envelope, encode_message
 from tidings.transports.config import TransportSettings
-from tidings.transports.inbox import Inbox
-from tidings.transports.protocol import ClientMessage, close_envelope, encode_message
 
 __all__ = [
     "BATCH_BYTES",
@@ -216,11 +217,13 @@ class Session:
             raise
         except Exception as exc:
             if self.state == CONNECTING:
+                _metrics.app_raised("session")
                 logger.error(
                     "Consumer of session %s failed before accepting", self.label, exc_info=exc
                 )
                 self._refuse(FAILED)
             else:
+                _metrics.app_raised("session")
                 logger.error("Consumer of session %s failed", self.label, exc_info=exc)
                 self._finish(1011, "internal error", final=True)
         else:
@@ -282,6 +285,7 @@ class Session:
                 len(self._buffer),
                 self._bytes,
             )
+            _metrics.hit("buffer_messages")
             self._finish(1013, "resume buffer full", final=True)
             return
         self.seq = seq
@@ -424,6 +428,8 @@ class Session:
 
     def _expire(self) -> None:
         self._expiry = None
+        if (m := _metrics.ACTIVE) is not None:
+            m.sessions["expired"] += 1
         if self.state != FINISHED:
             logger.info(
                 "Session %s expired: no client for %g s; the consumer gets 1006",

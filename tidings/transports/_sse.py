@@ -31,12 +31,13 @@ import asyncio
 import contextlib
 from typing import Final
 
+from tidings import _metrics
 from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.transports._http import race, refuse, until_disconnect
+from tidings.transports._manager import SHUTDOWN_GRACE, Opening
+from tidings.transports._protocol import envelope_seq
+from tidings.transports._session import Attachment, LocalAttachment
 from tidings.transports.config import TransportSettings
-from tidings.transports.manager import SHUTDOWN_GRACE, Opening
-from tidings.transports.protocol import envelope_seq
-from tidings.transports.session import Attachment, LocalAttachment
 from tidings.wire.sse import encode_comment, encode_event
 
 __all__ = ["HEADERS", "encode_batch", "serve", "until_shutdown"]
@@ -76,11 +77,17 @@ async def serve(
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         first = encode_event(opening.envelope("sse"))
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        await race(
-            _stream(attachment, send, settings.sse_heartbeat),
-            until_disconnect(receive),
-            until_shutdown(scope, attachment),
-        )
+        if (m := _metrics.ACTIVE) is not None:
+            m.open_sse += 1
+        try:
+            await race(
+                _stream(attachment, send, settings.sse_heartbeat),
+                until_disconnect(receive),
+                until_shutdown(scope, attachment),
+            )
+        finally:
+            if m is not None:
+                m.open_sse -= 1
         with contextlib.suppress(OSError):  # the client left: nothing to end
             await send({"type": "http.response.body", "body": b""})
     finally:

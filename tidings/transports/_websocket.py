@@ -8,7 +8,7 @@ or the consumer's own ``websocket.http.response``); a resumed session is
 accepted at once. The first frame is the open envelope, then one text frame
 per envelope as the attachment yields them. Client frames are JSON items
 (``cseq`` messages, ``ack``, ``{"type": "close"}``), each handed to the
-session's :class:`~tidings.transports.manager.Link`; pushing waits while the
+session's :class:`~tidings.transports._manager.Link`; pushing waits while the
 consumer's inbox is full, so reading from the socket waits too.
 
 Closing codes of this transport (the session's own end is the close
@@ -25,10 +25,10 @@ from typing import Final
 
 from tidings._types import ASGIReceive, ASGISend, Scope
 from tidings.transports._http import race, refuse
-from tidings.transports.manager import Link, Opening
-from tidings.transports.protocol import ProtocolError, parse_frame
-from tidings.transports.remote import RemoteTimeout
-from tidings.transports.session import Attachment
+from tidings.transports._manager import Link, Opening
+from tidings.transports._protocol import ProtocolError, parse_frame
+from tidings.transports._remote import RemoteTimeout
+from tidings.transports._session import Attachment
 
 __all__ = ["SUPERSEDED", "serve"]
 
