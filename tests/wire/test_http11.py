@@ -13,8 +13,12 @@ from tidings.wire.http11 import (
     CONTINUE,
     LAST_CHUNK,
     NO_BODY,
+    REQUEST_CHUNKED,
+    REQUEST_LENGTH,
+    REQUEST_NO_BODY,
     UNTIL_CLOSE,
     RequestError,
+    RequestHead,
     check_request_head,
     encode_chunk,
     encode_trailers,
@@ -34,8 +38,8 @@ def _check(
     te: bytes | None = None,
     length: int = -1,
     max_body: int = 100,
-) -> None:
-    check_request_head(
+) -> RequestHead:
+    return check_request_head(
         version,
         host_count=host_count,
         transfer_encoding=te,
@@ -45,20 +49,29 @@ def _check(
 
 
 @pytest.mark.parametrize(
-    ("version", "host_count", "te", "length"),
+    ("version", "host_count", "te", "length", "head"),
     [
-        ("1.1", 1, None, -1),
-        ("1.1", 1, None, 100),  # exactly the limit
-        ("1.0", 0, None, -1),  # HTTP/1.0 may leave Host out
-        ("1.0", 1, None, 5),
-        ("1.1", 1, b"chunked", -1),
-        ("1.1", 1, b"Chunked , chunked", -1),
+        ("1.1", 1, None, -1, RequestHead("1.1", REQUEST_NO_BODY, -1)),
+        ("1.1", 1, None, 0, RequestHead("1.1", REQUEST_LENGTH, 0)),
+        ("1.1", 1, None, 100, RequestHead("1.1", REQUEST_LENGTH, 100)),  # exactly the limit
+        ("1.0", 0, None, -1, RequestHead("1.0", REQUEST_NO_BODY, -1)),  # 1.0 may omit Host
+        ("1.0", 1, None, 5, RequestHead("1.0", REQUEST_LENGTH, 5)),
+        ("1.1", 1, b"chunked", -1, RequestHead("1.1", REQUEST_CHUNKED, -1)),
+        ("1.1", 1, b"Chunked , chunked", -1, RequestHead("1.1", REQUEST_CHUNKED, -1)),
+        # Transfer-Encoding overrides Content-Length (RFC 9112 section 6.3 item 3).
+        ("1.1", 1, b"chunked", 5000, RequestHead("1.1", REQUEST_CHUNKED, -1)),
     ],
 )
 def test_acceptable_request_heads_pass(
-    version: str, host_count: int, te: bytes | None, length: int
+    version: str, host_count: int, te: bytes | None, length: int, head: RequestHead
 ) -> None:
-    _check(version, host_count=host_count, te=te, length=length)
+    assert _check(version, host_count=host_count, te=te, length=length) == head
+
+
+def test_a_request_head_is_frozen() -> None:
+    head = _check()
+    with pytest.raises(AttributeError):
+        head.version = "1.0"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

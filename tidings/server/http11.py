@@ -308,11 +308,15 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._header_start = None
         self._raw_bytes = 0
         parser = self.parser
-        version = parser.get_http_version()
         # By position: once per request, and cheaper than by keyword.
-        check_request_head(
-            version, self._host_count, self._te, self._content_length, self.limits.max_body_size
+        head = check_request_head(
+            parser.get_http_version(),
+            self._host_count,
+            self._te,
+            self._content_length,
+            self.limits.max_body_size,
         )
+        version = head.version
 
         raw = self._url
         if raw[:1] == b"/":  # origin-form (RFC 9112 section 3.2.1), nearly always

@@ -54,6 +54,7 @@ from tidings.wire.handshake import (
 from tidings.wire.headers import InvalidField, check_fields
 from tidings.wire.http11 import (
     RequestError,
+    RequestHead,
     check_request_head,
     encode_chunk,
     encode_trailers,
@@ -99,6 +100,7 @@ __all__ = [
     "PongReceived",
     "ProtocolError",
     "RequestError",
+    "RequestHead",
     "TextMessage",
     "WebSocketConnection",
     "WebSocketError",

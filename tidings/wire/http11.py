@@ -6,7 +6,8 @@ The server's transport tokenizes requests (httptools, in ``tidings.server``) and
 hands the few facts the protocol cares about to ``check_request_head``, which
 applies the request rules of RFC 9112 and RFC 9110 (version, ``Host``, the
 ``Transfer-Encoding``/``Content-Length`` framing, the body size limit) and either
-returns or raises ``RequestError`` carrying the status to answer with.
+returns a frozen ``RequestHead`` (the version and how the body is delimited) or
+raises ``RequestError`` carrying the status to answer with.
 
 On the way out, ``frame_response`` is the one writer of response heads: from the
 status, the application's header fields (already checked by
@@ -24,8 +25,8 @@ Invariants:
   chunked, so chunk framing and trailers only ever follow a chunked head.
 
 The hot path is one call to ``check_request_head`` per request and one to
-``frame_response`` per response, arguments by position, a tuple back and no
-object made per request. Nothing here knows about asyncio, sockets or ASGI
+``frame_response`` per response, arguments by position, and a tuple back from each
+(``RequestHead`` is a named tuple). Nothing here knows about asyncio, sockets or ASGI
 messages.
 """
 
@@ -33,15 +34,19 @@ from __future__ import annotations
 
 import http
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "CHUNKED",
     "CONTINUE",
     "LAST_CHUNK",
     "NO_BODY",
+    "REQUEST_CHUNKED",
+    "REQUEST_LENGTH",
+    "REQUEST_NO_BODY",
     "UNTIL_CLOSE",
     "RequestError",
+    "RequestHead",
     "check_request_head",
     "encode_chunk",
     "encode_trailers",
@@ -63,13 +68,32 @@ class RequestError(Exception):
         self.reason = reason
 
 
+class RequestHead(NamedTuple):
+    """A request head that passed the rules of RFC 9112: immutable, made once per request.
+
+    ``body`` says how the request body is delimited (RFC 9112 section 6.3):
+    ``REQUEST_NO_BODY``, ``REQUEST_CHUNKED`` or ``REQUEST_LENGTH`` (then
+    ``content_length`` bytes; otherwise ``content_length`` is -1).
+    """
+
+    version: str
+    body: int
+    content_length: int
+
+
+#: How a request body is delimited (``RequestHead.body``).
+REQUEST_NO_BODY: Final = 0
+REQUEST_CHUNKED: Final = 1
+REQUEST_LENGTH: Final = 2
+
+
 def check_request_head(
     version: str,
     host_count: int,
     transfer_encoding: bytes | None,
     content_length: int,
     max_body_size: int,
-) -> None:
+) -> RequestHead:
     """Apply the request-head rules of RFC 9112 to what the tokenizer found.
 
     The server passes the arguments by position (once per request: cheaper).
@@ -80,6 +104,9 @@ def check_request_head(
         transfer_encoding: its ``Transfer-Encoding`` values joined by commas, or None.
         content_length: its ``Content-Length`` (validated digits), or -1.
         max_body_size: the largest request body accepted.
+
+    Returns:
+        The checked head, with how its body is delimited.
 
     Raises:
         RequestError: with the status to answer: 505 for a version we don't
@@ -95,9 +122,16 @@ def check_request_head(
     if host_count != 1 and (host_count > 1 or version == "1.1"):
         raise RequestError(400, "missing or repeated Host header")
     if transfer_encoding is not None:
+        # RFC 9112 section 6.3 item 3: Transfer-Encoding overrides Content-Length
+        # (llhttp refuses a request with both unless lenient; the coding decides).
         _check_transfer_coding(version, transfer_encoding)
+        return RequestHead(version, REQUEST_CHUNKED, -1)
     if content_length > max_body_size:
         raise RequestError(413, "request body larger than --max-body-size")
+    if content_length < 0:
+        # RFC 9112 section 6.3 item 7: a request without either has no body.
+        return RequestHead(version, REQUEST_NO_BODY, -1)
+    return RequestHead(version, REQUEST_LENGTH, content_length)
 
 
 def _check_transfer_coding(version: str, transfer_encoding: bytes) -> None:
