@@ -165,7 +165,7 @@ import sys
 from tidings import _metrics
 if sys.argv[1] == "on":
     _metrics.enable()
-from tidings.server.cli import main
+from tidings.server._cli import main
 sys.exit(main(["serve", *sys.argv[2:]]))
 """
 

@@ -27,9 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tidings.server._http11 import HttpProtocol
 from tidings.server._state import ServerState
 from tidings.server.config import Config, Limits
-from tidings.server.http11 import HttpProtocol
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:

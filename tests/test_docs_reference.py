@@ -284,7 +284,7 @@ def test_every_logger_is_documented() -> None:
 
 
 def test_exit_statuses() -> None:
-    from tidings.server.main import EXIT_STARTUP_FAILED
+    from tidings.server._main import EXIT_STARTUP_FAILED
 
     statuses = {cells[0] for cells in _rows(_section("Exit status"))}
     assert statuses == {"0", "2", str(EXIT_STARTUP_FAILED)}
@@ -367,15 +367,15 @@ def test_backend_aliases_are_documented() -> None:
 
 # Each row label of "Fixed limits and intervals" and the constant(s) it states.
 _FIXED: dict[str, list[str]] = {
-    "stop signal repeat window": ["tidings.server.main.SIGNAL_DEBOUNCE"],
-    "new workers' start-up time after SIGHUP": ["tidings.server.supervisor.READY_TIMEOUT"],
-    "unread request body": ["tidings.server.http11._BODY_HIGH_WATER"],
-    "minimum request body rate": ["tidings.server.http11._MIN_BODY_RATE"],
-    "timeout sweep interval": ["tidings.server.main._SWEEP_INTERVAL"],
-    "WebSocket handshake buffer": ["tidings.server.websocket._HANDSHAKE_BUFFER"],
-    "WebSocket close timeout": ["tidings.server.websocket.CLOSE_TIMEOUT"],
-    "HTTP/2 stream resets": ["tidings.server.http2._MAX_RESETS"],
-    "HTTP/2 unanswered PING and SETTINGS": ["tidings.server.http2._MAX_UNREAD_CONTROL"],
+    "stop signal repeat window": ["tidings.server._main.SIGNAL_DEBOUNCE"],
+    "new workers' start-up time after SIGHUP": ["tidings.server._supervisor.READY_TIMEOUT"],
+    "unread request body": ["tidings.server._http11._BODY_HIGH_WATER"],
+    "minimum request body rate": ["tidings.server._http11._MIN_BODY_RATE"],
+    "timeout sweep interval": ["tidings.server._main._SWEEP_INTERVAL"],
+    "WebSocket handshake buffer": ["tidings.server._websocket._HANDSHAKE_BUFFER"],
+    "WebSocket close timeout": ["tidings.server._websocket.CLOSE_TIMEOUT"],
+    "HTTP/2 stream resets": ["tidings.server._http2._MAX_RESETS"],
+    "HTTP/2 unanswered PING and SETTINGS": ["tidings.server._http2._MAX_UNREAD_CONTROL"],
     "permessage-deflate minimum size": ["tidings.wire.deflate.DEFAULT_MIN_COMPRESS_SIZE"],
     "permessage-deflate compression level": ["tidings.wire.deflate.DEFAULT_COMPRESSION_LEVEL"],
     "permessage-deflate memory level": ["tidings.wire.deflate.DEFAULT_MEMORY_LEVEL"],
@@ -408,7 +408,7 @@ _CHECKED_ELSEWHERE = {
     "tidings.layers._redis_hosts.DEFAULT_MAX_CONNECTIONS",  # host entry keys
     "tidings.layers._redis_hosts.DEFAULT_POOL_TIMEOUT",
     "tidings.layers._redis_hosts.DEFAULT_CLUSTER_SHARDS",
-    "tidings.server.main.EXIT_STARTUP_FAILED",  # exit statuses
+    "tidings.server._main.EXIT_STARTUP_FAILED",  # exit statuses
 }
 
 # Public numeric constants that the reference need not state, and why.
@@ -449,8 +449,8 @@ def test_fixed_limits_match_the_code() -> None:
 
 _SCANNED_MODULES = [
     "tidings.server.config",
-    "tidings.server.websocket",
-    "tidings.server.main",
+    "tidings.server._websocket",
+    "tidings.server._main",
     "tidings.layers.base",
     "tidings.layers.inmemory",
     "tidings.layers.redis",

@@ -316,7 +316,7 @@ def _serve_parser() -> Any:
 
 
 def _check_tidings(words: list[str], where: str) -> str:
-    from tidings.server.cli import build_config
+    from tidings.server._cli import build_config
 
     parser = _serve_parser()
     ns = parser.parse_args(words)
@@ -558,7 +558,7 @@ _UNITS = _all_blocks("ini")
 
 @_params(_UNITS)
 def test_systemd_unit(block: Block) -> None:
-    from tidings.server.cli import build_config
+    from tidings.server._cli import build_config
     from tidings.worker import DEFAULT_SHUTDOWN_TIMEOUT
 
     unit = _unit(block)

@@ -414,7 +414,7 @@ def test_metrics_off_means_no_listener(tmp_path: Path) -> None:
 
 
 def test_idle_connections_to_the_metrics_port_cannot_lock_scrapes_out(tmp_path: Path) -> None:
-    from tidings.server.metrics import MAX_CLIENTS
+    from tidings.server._metrics import MAX_CLIENTS
 
     metrics_port = free_port()
     args = ["tests.server.apps:hello", "--port", str(free_port())]

@@ -24,7 +24,7 @@ keys are fixed here or bounded by the protocol (a close code).
 
 :meth:`Metrics.snapshot` copies the figures into plain data (ints, floats, lists,
 dicts) that ``marshal`` can carry; :func:`merge` adds snapshots together, which is
-how ``tidings.server.metrics`` sums the workers' figures in the supervisor. Reading
+how ``tidings.server._metrics`` sums the workers' figures in the supervisor. Reading
 the totals in-process (an admin page) is :func:`figures`.
 
 This module is a leaf: it imports the standard library only, so that the server, the

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tidings import DEFAULT_CHANNEL_LAYER
 from tidings._version import __version__
-from tidings.server.cli import add_app_dir, add_serve_parser, serve_main
+from tidings.server._cli import add_app_dir, add_serve_parser, serve_main
 
 __all__ = ["main"]
 
@@ -114,7 +114,7 @@ def _worker_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     from django.conf import settings
 
-    from tidings.server.main import AppImportError, import_app
+    from tidings.server._main import AppImportError, import_app
     from tidings.worker import run_command
 
     try:

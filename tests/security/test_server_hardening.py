@@ -26,15 +26,15 @@ from tests.server import apps
 from tests.server._helpers import FAST_SWEEP, exchange, free_port, serve, wait_for
 from tests.transports._client import Endpoint, poll, sse
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Scope
+from tidings.server._http11 import HttpProtocol
 from tidings.server.config import Timeouts
-from tidings.server.http11 import HttpProtocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Characters that must never reach a log line raw: C0 but for the newline that ends
 # a record, DEL, C1, and the Unicode line and paragraph separators.
 _RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-# Every line the server writes starts like this (tidings.server.logconfig).
+# Every line the server writes starts like this (tidings.server._logconfig).
 _LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] [A-Z]+ tidings[.a-z]*: ")
 # Percent-encoded in the path: LF (with a forged log line after it), CR, ESC and a
 # terminal sequence, DEL, C1 NEL as UTF-8, U+2028, a quote and a backslash.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings._types import ASGIApp
+from tidings.server._main import Server, bind_sockets
 from tidings.server.config import Config
-from tidings.server.main import Server, bind_sockets
 
 #: A sweep interval for timeout tests: the timeout fires when due, not up to 1 s later.
 FAST_SWEEP = 0.01

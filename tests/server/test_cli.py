@@ -605,7 +605,7 @@ def _parse(*args: str) -> argparse.Namespace:
 
 
 def test_no_flags_build_the_default_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tidings.server.cli import build_config
+    from tidings.server._cli import build_config
     from tidings.server.config import Config
 
     monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
@@ -613,7 +613,7 @@ def test_no_flags_build_the_default_config(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_every_flag_reaches_its_config_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tidings.server.cli import build_config
+    from tidings.server._cli import build_config
 
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.0.2.1")
     config = build_config(
@@ -667,7 +667,7 @@ def test_every_flag_reaches_its_config_field(monkeypatch: pytest.MonkeyPatch) ->
     ids=lambda o: o.flag,
 )
 def test_each_bound_is_checked_and_names_the_flag(option: Option) -> None:
-    from tidings.server.cli import build_config
+    from tidings.server._cli import build_config
     from tidings.server.config import ConfigError
 
     assert option.bounds is not None

@@ -7,9 +7,9 @@ import inspect
 import pkgutil
 
 import tidings.server
+from tidings.server._http11 import ClientDisconnected
 from tidings.server.config import ConfigError
 from tidings.server.errors import ServerError
-from tidings.server.http11 import ClientDisconnected
 
 
 def test_every_server_exception_has_the_one_root() -> None:

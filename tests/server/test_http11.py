@@ -676,8 +676,8 @@ async def test_lifespan_startup_failure_stops_the_server(caplog: pytest.LogCaptu
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
 
+    from tidings.server._main import EXIT_STARTUP_FAILED, Server, bind_sockets
     from tidings.server.config import Config
-    from tidings.server.main import EXIT_STARTUP_FAILED, Server, bind_sockets
 
     config = Config(app=app, port=0)
     sockets = bind_sockets(config)
@@ -690,8 +690,8 @@ async def test_lifespan_startup_failure_stops_the_server(caplog: pytest.LogCaptu
 
 
 async def test_lifespan_on_requires_support() -> None:
+    from tidings.server._main import EXIT_STARTUP_FAILED, Server, bind_sockets
     from tidings.server.config import Config
-    from tidings.server.main import EXIT_STARTUP_FAILED, Server, bind_sockets
 
     config = Config(app=_boom_before, port=0, lifespan="on")
     sockets = bind_sockets(config)

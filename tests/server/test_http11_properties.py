@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tidings.server._http11 import HttpProtocol
 from tidings.server._state import ServerState
 from tidings.server.config import Config
-from tidings.server.http11 import HttpProtocol
 
 
 class MemoryTransport:

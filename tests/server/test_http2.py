@@ -42,9 +42,9 @@ from tidings._types import ASGIReceive as Receive
 from tidings._types import ASGISend as Send
 from tidings._types import Message
 from tidings.server._h2_frames import PREFACE
+from tidings.server._http2 import H2Protocol
 from tidings.server._options import OPTIONS
 from tidings.server.config import Config, ConfigError, Limits, Timeouts
-from tidings.server.http2 import H2Protocol
 
 # -- a client: h2 over a real socket --------------------------------------------------------
 
@@ -869,7 +869,15 @@ def test_bad_http2_options_fail_naming_the_flag(changes: dict[str, Any], flag: s
 
 def test_bad_http2_flag_fails_at_start_up() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tidings.server.cli", "serve", "m:a", "--h2-max-frame-size", "1KiB"],
+        [
+            sys.executable,
+            "-m",
+            "tidings.server._cli",
+            "serve",
+            "m:a",
+            "--h2-max-frame-size",
+            "1KiB",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

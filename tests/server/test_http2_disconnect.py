@@ -25,8 +25,8 @@ from tests.server._helpers import serve
 from tests.server.test_http2 import App, RawH2, h2_client, h2_connections, wait_for
 from tidings._types import ASGIReceive as Receive
 from tidings._types import ASGISend as Send
+from tidings.server._http11 import ClientDisconnected
 from tidings.server.config import Timeouts, WebSocketSettings
-from tidings.server.http11 import ClientDisconnected
 
 _STREAMS = (1, 3, 5, 7, 9, 11)
 

@@ -21,9 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tidings._types import WEBSOCKET_DIRECT, ASGIReceive, ASGISend, Message, Scope
+from tidings.server._http11 import ClientDisconnected
+from tidings.server._websocket import WebSocketProtocol
 from tidings.server.config import Timeouts
-from tidings.server.http11 import ClientDisconnected
-from tidings.server.websocket import WebSocketProtocol
 from tidings.wire import apply_mask
 
 from ._helpers import FAST_SWEEP, Running, exchange, serve, wait_for

@@ -11,7 +11,7 @@ application.
 
 from __future__ import annotations
 
+from tidings.server._main import Server, run
 from tidings.server.config import Config, Limits, Timeouts, WebSocketSettings
-from tidings.server.main import Server, run
 
 __all__ = ["Config", "Limits", "Server", "Timeouts", "WebSocketSettings", "run"]

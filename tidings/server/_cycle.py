@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``HttpProtocol`` (``tidings.server.http11``) parses the request head and makes a
+``HttpProtocol`` (``tidings.server._http11``) parses the request head and makes a
 ``RequestCycle``; the protocol's httptools callbacks append the request body to it,
 and the protocol runs ``RequestCycle.run`` as the request's task. The cycle turns
 the body into ``http.request`` messages and the app's messages into bytes: the
@@ -53,7 +53,7 @@ from tidings.wire.http11 import (
 )
 
 if TYPE_CHECKING:
-    from tidings.server.http11 import HttpProtocol
+    from tidings.server._http11 import HttpProtocol
 
 __all__ = [
     "PAUSE_BODY",
@@ -73,7 +73,7 @@ _FILE_CHUNK: Final = 256 * 1024
 class ClientDisconnected(ServerError, OSError):
     """Raised by ``send()`` once the client has gone (ASGI spec: an OSError subclass)."""
 
-    __module__ = "tidings.server.http11"  # where users import it from
+    __module__ = "tidings.server._http11"  # where users import it from
 
 
 class RequestCycle:

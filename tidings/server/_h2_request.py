@@ -20,7 +20,7 @@ while it sorts the list, and ``check_trailers`` those of a trailer section:
 A violation is a malformed request (``MalformedRequest``): the protocol resets the
 stream with PROTOCOL_ERROR (RFC 9113 section 8.1.1). ``forwarded`` applies a trusted
 proxy's ``X-Forwarded-*`` fields as ``HttpProtocol`` does for HTTP/1.1
-(``tidings.server.proxy``). Nothing here does I/O.
+(``tidings.server._proxy``). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
+from tidings.server._proxy import ProxyTrust
 from tidings.server.errors import ServerError
-from tidings.server.proxy import ProxyTrust
 
 if TYPE_CHECKING:
-    from tidings.server.http2 import H2Protocol
+    from tidings.server._http2 import H2Protocol
 
 __all__ = [
     "MALFORMED",

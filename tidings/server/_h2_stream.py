@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``H2Protocol`` (``tidings.server.http2``) feeds ``h2`` and routes its events: a new
+``H2Protocol`` (``tidings.server._http2``) feeds ``h2`` and routes its events: a new
 request becomes an ``H2Stream`` run as one task; DATA frames append to ``body``;
 END_STREAM sets ``body_complete``; RST_STREAM calls ``on_disconnect``; WINDOW_UPDATE
 wakes a ``send`` waiting for flow-control window.
@@ -47,7 +47,7 @@ from tidings.server._state import access_log, error_log, fmt_client, loggable, l
 from tidings.wire.headers import InvalidField, check_fields
 
 if TYPE_CHECKING:
-    from tidings.server.http2 import H2Protocol
+    from tidings.server._http2 import H2Protocol
 
 __all__ = ["H2Stream", "status_headers"]
 

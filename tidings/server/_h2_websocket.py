@@ -75,7 +75,7 @@ from tidings.wire.handshake import parse_extensions
 from tidings.wire.headers import InvalidField, check_fields
 
 if TYPE_CHECKING:
-    from tidings.server.http2 import H2Protocol
+    from tidings.server._http2 import H2Protocol
 
 __all__ = ["H2WebSocket"]
 

@@ -38,7 +38,7 @@ from tidings.server.config import Config
 from tidings.wire import encode_message
 
 if TYPE_CHECKING:
-    from tidings.server.proxy import ProxyTrust
+    from tidings.server._proxy import ProxyTrust
 
 __all__ = ["Connection", "ServerState", "fmt_client", "loggable"]
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``WebSocketProtocol`` (``tidings.server.websocket``) starts every connection in
+``WebSocketProtocol`` (``tidings.server._websocket``) starts every connection in
 HANDSHAKE. ``check_request`` checks the upgrade request with ``wire.parse_request``: a
 bad one gets 400, 405 or 426 and never reaches the app, and a server that is shutting
 down answers 503. Then the app's first ``receive()`` is ``websocket.connect``, and
@@ -54,7 +54,7 @@ from tidings.wire.headers import InvalidField, check_fields
 from tidings.wire.http11 import LAST_CHUNK, encode_chunk, simple_response, status_line
 
 if TYPE_CHECKING:
-    from tidings.server.websocket import WebSocketProtocol
+    from tidings.server._websocket import WebSocketProtocol
 
 __all__ = [
     "DONE",
@@ -69,7 +69,7 @@ __all__ = [
     "shared_fields",
 ]
 
-#: The phases of ``WebSocketProtocol._phase`` (drawn in ``tidings.server.websocket``).
+#: The phases of ``WebSocketProtocol._phase`` (drawn in ``tidings.server._websocket``).
 HANDSHAKE: Final = 0
 OPEN: Final = 1
 DONE: Final = 2

@@ -31,7 +31,7 @@ from tidings.wire import ConnectionState
 from tidings.wire.http11 import simple_response
 
 if TYPE_CHECKING:
-    from tidings.server.websocket import WebSocketProtocol
+    from tidings.server._websocket import WebSocketProtocol
 
 __all__ = ["check_timeouts"]
 

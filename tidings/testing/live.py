@@ -85,8 +85,8 @@ class _ServerProcess:
     """The server child process and the socket handed to it."""
 
     def __init__(self, host: str, config: dict[str, Any], *, startup_timeout: float) -> None:
+        from tidings.server._main import bind_sockets
         from tidings.server.config import Config
-        from tidings.server.main import bind_sockets
 
         self.host = host
         (sock,) = bind_sockets(Config(host=host, port=0))
@@ -166,9 +166,9 @@ def _serve_child(config: dict[str, Any]) -> int:
         from django.apps import apps
 
         from tidings.routing import get_default_application
+        from tidings.server._logconfig import configure_logging
+        from tidings.server._main import bind_sockets, serve_in_process
         from tidings.server.config import Config
-        from tidings.server.logconfig import configure_logging
-        from tidings.server.main import bind_sockets, serve_in_process
         from tidings.staticfiles import StaticFilesWrapper
 
         application = get_default_application()

@@ -52,9 +52,9 @@ from django.utils import autoreload
 from tidings._types import ASGIApp
 from tidings._version import __version__
 from tidings.routing import get_default_application
+from tidings.server._logconfig import configure_logging
+from tidings.server._main import bind_sockets, serve_in_process
 from tidings.server.config import Config, ConfigError, Timeouts
-from tidings.server.logconfig import configure_logging
-from tidings.server.main import bind_sockets, serve_in_process
 from tidings.staticfiles import StaticFilesWrapper
 
 __all__ = ["RUNSERVER_GRACEFUL_TIMEOUT", "Command"]

@@ -77,8 +77,8 @@ from tidings.server._h2_hpack import StaticEncoder
 from tidings.server._h2_request import MALFORMED, MalformedRequest, check_trailers, request_scope
 from tidings.server._h2_stream import H2Stream, status_headers
 from tidings.server._h2_websocket import H2WebSocket
+from tidings.server._http11 import SHUTDOWN_EXTENSION, HttpProtocol
 from tidings.server._state import ServerState, error_log, fmt_client, loggable
-from tidings.server.http11 import SHUTDOWN_EXTENSION, HttpProtocol
 
 __all__ = ["AlpnSelector", "H2Protocol", "install"]
 

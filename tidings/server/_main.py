@@ -2,7 +2,7 @@
 
 ``run(config)`` is the entry point for everything: with ``--workers 1`` and
 no ``--reload`` it serves in this process; otherwise it hands over to the
-supervisor in ``tidings.server.supervisor``, which forks processes that each
+supervisor in ``tidings.server._supervisor``, which forks processes that each
 run ``_serve_worker`` (handed to it, so that it need not import this module) and
 end up in ``Server.serve`` on the sockets the supervisor bound.
 
@@ -30,17 +30,17 @@ from typing import cast
 
 from tidings import _metrics
 from tidings._types import ASGIApp
+from tidings.server._http2 import AlpnSelector
+from tidings.server._http2 import install as install_http2
+from tidings.server._http11 import HttpProtocol
+from tidings.server._lifespan import Lifespan, LifespanError
+from tidings.server._proxy import ProxyTrust
 from tidings.server._state import ServerState
+from tidings.server._supervisor import Supervisor
+from tidings.server._websocket import install as install_websocket
 from tidings.server._worker import EXIT_STARTUP_FAILED
 from tidings.server.config import Config, ConfigError
 from tidings.server.errors import ServerError
-from tidings.server.http2 import AlpnSelector
-from tidings.server.http2 import install as install_http2
-from tidings.server.http11 import HttpProtocol
-from tidings.server.lifespan import Lifespan, LifespanError
-from tidings.server.proxy import ProxyTrust
-from tidings.server.supervisor import Supervisor
-from tidings.server.websocket import install as install_websocket
 
 __all__ = [
     "EXIT_STARTUP_FAILED",
@@ -199,7 +199,7 @@ class Server:
         self._log_listening(sockets)
         self.started = True
         if config.metrics_bind is not None:  # a worker reporting to its supervisor
-            from tidings.server.metrics import worker_started
+            from tidings.server._metrics import worker_started
 
             worker_started(state)
         if self.on_started is not None:
@@ -212,7 +212,7 @@ class Server:
         await self._shutdown(state)
         await lifespan.shutdown()
         if config.metrics_bind is not None:
-            from tidings.server.metrics import worker_stopping
+            from tidings.server._metrics import worker_stopping
 
             worker_stopping()
         return 0
@@ -371,13 +371,13 @@ def run(config: Config) -> int:
     With one worker and no reload this serves in the calling process; otherwise
     a supervisor process forks the workers (and restarts dead ones).
     """
-    from tidings.server.logconfig import configure_logging
+    from tidings.server._logconfig import configure_logging
 
     configure_logging(config)
     sockets = bind_sockets(config)
     try:
         if config.metrics_bind is not None:  # the supervisor serves them, even for 1 worker
-            from tidings.server.metrics import MetricsHub, bind_metrics
+            from tidings.server._metrics import MetricsHub, bind_metrics
 
             hub = MetricsHub(cast(socket.socket, bind_metrics(config)))
             return Supervisor(config, sockets, serve=_serve_worker, metrics=hub).run()

@@ -82,8 +82,8 @@ from tidings._asgi import (
 from tidings._types import WEBSOCKET_DIRECT, ASGIApp, Message, WebSocketExtensions
 from tidings.server import _ws_handshake, _ws_timeouts
 from tidings.server._flow import WriteFlowControl
+from tidings.server._http11 import ClientDisconnected
 from tidings.server._state import ServerState, error_log, fmt_client
-from tidings.server.http11 import ClientDisconnected
 from tidings.wire import (
     BytesMessage,
     CloseReceived,
@@ -101,7 +101,7 @@ from tidings.wire import (
 from tidings.wire.http11 import simple_response
 
 if TYPE_CHECKING:
-    from tidings.server.http11 import HttpProtocol
+    from tidings.server._http11 import HttpProtocol
 
 __all__ = ["CLOSE_TIMEOUT", "WebSocketProtocol", "install"]
 

@@ -81,7 +81,7 @@ def serve_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = build_config(ns)
     except ConfigError as exc:
         parser.error(str(exc))
-    from tidings.server.main import run
+    from tidings.server._main import run
 
     try:
         return run(config)
@@ -91,7 +91,7 @@ def serve_main(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tidings.server.cli serve ...``: the server alone, without Django parts."""
+    """``python -m tidings.server._cli serve ...``: the server alone, without Django parts."""
     parser = argparse.ArgumentParser(prog="tidings", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -37,7 +37,7 @@ from tidings.server._worker import EXIT_STARTUP_FAILED, ServeWorker
 from tidings.server.config import Config
 
 if TYPE_CHECKING:
-    from tidings.server.metrics import MetricsHub
+    from tidings.server._metrics import MetricsHub
 
 __all__ = ["Supervisor"]
 

@@ -40,11 +40,11 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from tidings import _metrics
+from tidings.server._http11 import HttpProtocol
 from tidings.server._metrics_export import CONTENT_TYPE, render
 from tidings.server._options import split_host_port
+from tidings.server._websocket import WebSocketProtocol
 from tidings.server.config import Config, ConfigError
-from tidings.server.http11 import HttpProtocol
-from tidings.server.websocket import WebSocketProtocol
 
 if TYPE_CHECKING:
     from tidings.server._state import ServerState

@@ -26,7 +26,7 @@ Invariants:
   ``--application-close-timeout``.
 
 What must not go here: the request/response exchange (``RequestCycle`` in
-``_cycle``), WebSocket framing (``tidings.wire`` and ``tidings.server.websocket``)
+``_cycle``), WebSocket framing (``tidings.wire`` and ``tidings.server._websocket``)
 and anything that knows about Django.
 """
 
