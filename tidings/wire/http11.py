@@ -87,6 +87,12 @@ REQUEST_CHUNKED: Final = 1
 REQUEST_LENGTH: Final = 2
 
 
+# Heads without a length are the same for every request: made once, so that the common
+# request (a GET) costs no allocation here.
+_NO_BODY_HEADS: Final = {v: RequestHead(v, REQUEST_NO_BODY, -1) for v in ("1.1", "1.0")}
+_CHUNKED_HEADS: Final = {v: RequestHead(v, REQUEST_CHUNKED, -1) for v in ("1.1", "1.0")}
+
+
 def check_request_head(
     version: str,
     host_count: int,
@@ -125,12 +131,12 @@ def check_request_head(
         # RFC 9112 section 6.3 item 3: Transfer-Encoding overrides Content-Length
         # (llhttp refuses a request with both unless lenient; the coding decides).
         _check_transfer_coding(version, transfer_encoding)
-        return RequestHead(version, REQUEST_CHUNKED, -1)
+        return _CHUNKED_HEADS[version]
     if content_length > max_body_size:
         raise RequestError(413, "request body larger than --max-body-size")
     if content_length < 0:
         # RFC 9112 section 6.3 item 7: a request without either has no body.
-        return RequestHead(version, REQUEST_NO_BODY, -1)
+        return _NO_BODY_HEADS[version]
     return RequestHead(version, REQUEST_LENGTH, content_length)
 
 
