@@ -28,6 +28,9 @@ worker is CPU-bound. Everything goes to ``results/metrics_cost.json``::
 
     python benchmarks/metrics_cost.py [--rounds 4] [--duration 4] [--only http|ws]
         [--requests 20000] [--messages 20000] [--counted 2000]
+
+``--rounds 0`` runs the instruction count alone (about 20 s): the figure to check a
+change of the hot paths against the 3 % budget (off/on at least 0.97).
 """
 
 from __future__ import annotations

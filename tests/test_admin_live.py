@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -236,12 +237,14 @@ async def test_rates_and_connections_come_from_the_metrics(admin_site: None) -> 
     staff = await asyncio.to_thread(lambda: logged_in(make_user(staff=True)))
     metrics = _metrics.enable()
     try:
-        # A worker's first totals: the supervisor sends {} before its first round.
+        # Totals with nothing in them (no worker has answered the supervisor yet) are
+        # ignored: the page reads this process's own figures, every one of them.
         _metrics.set_totals({})
         socket = socket_for(staff)
         assert (await socket.connect())[0] is True
         empty = await reading(socket)
         assert empty["connections"] == dict.fromkeys(_metrics.KINDS, 0)
+        assert [w["pid"] for w in empty["workers"]] == [os.getpid()]
         assert empty["layer"]["outages"] is None  # no Redis: no Redis figures
         await socket.disconnect()
         _metrics.disable()
@@ -258,17 +261,56 @@ async def test_rates_and_connections_come_from_the_metrics(admin_site: None) -> 
             "http2": 0,
         }
         assert first["workers"][0]["connections"]["websocket"] == 4
-        metrics.ws_messages_in += 500
+        metrics.ws_in_sizes += [32] * 500  # as the server counts them
+        for _ in range(300):
+            metrics.http_duration[2].observe(0.01)
         busy = await reading_where(socket, lambda r: r["rates"] and r["rates"]["ws_in"] > 0)
-        # 500 messages in about a second (the interval between two readings).
+        # 500 messages and 300 responses in about a second (between two readings).
         assert 100 < busy["rates"]["ws_in"] <= 1000
-        assert busy["rates"]["ws_out"] == 0
+        assert 60 < busy["rates"]["http"] <= 600
+        assert busy["rates"]["ws_out"] == busy["rates"]["group_send"] == 0
         # A page opened meanwhile gets the history for its chart.
         again = socket_for(staff)
         assert (await again.connect())[0] is True
         history = (await reading(again))["history"]
         assert any(point["ws_in"] > 0 for point in history)
         await again.disconnect()
+        await socket.disconnect()
+    finally:
+        _metrics.disable()
+
+
+@pytest.mark.usefixtures("closing")
+async def test_the_workers_panel_shows_every_worker_the_supervisor_reports(
+    admin_site: None,
+) -> None:
+    staff = await asyncio.to_thread(lambda: logged_in(make_user(staff=True)))
+    _metrics.enable()
+    try:
+        # What the supervisor sends a worker: the totals, and each worker's figures
+        # (this process plays one of three; one has not answered yet).
+        now = time.time()
+        idle = dict.fromkeys(_metrics.KINDS, 0)
+        totals = _metrics.Metrics().snapshot() | {"open_websocket": 7, "open_sse": 2}
+        _metrics.set_totals(
+            totals,
+            {
+                os.getpid(): {"started": now - 30, "connections": idle | {"websocket": 4}},
+                1: {"started": now - 7200, "connections": idle | {"websocket": 3, "sse": 2}},
+                99999999: {"started": now - 1, "connections": None},
+            },
+        )
+        socket = socket_for(staff)
+        assert (await socket.connect())[0] is True
+        first = await reading(socket)
+        workers = {w["pid"]: w for w in first["workers"]}
+        assert list(workers) == [1, os.getpid(), 99999999]  # by pid
+        assert workers[os.getpid()]["this"] and not workers[1]["this"]
+        assert 30 <= workers[os.getpid()]["uptime"] < 30 + 60
+        assert 7200 <= workers[1]["uptime"] < 7200 + 60
+        assert workers[1]["connections"] == idle | {"websocket": 3, "sse": 2}
+        assert workers[99999999]["connections"] is None
+        assert first["connections"] == idle | {"websocket": 7, "sse": 2}  # the totals
         await socket.disconnect()
     finally:
         _metrics.disable()

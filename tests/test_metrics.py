@@ -10,6 +10,7 @@ Also here: the start-up errors of ``--metrics-bind``, and no listener when it is
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -29,7 +30,8 @@ from tests.security._serve import ROOT, server_env, tidings_serve
 from tests.server._helpers import free_port
 
 APP = """
-import asyncio, os
+import asyncio, json, os
+from tidings import _metrics
 from tidings.layers.redis import RedisChannelLayer
 
 layer = RedisChannelLayer([os.environ["METRICS_TEST_REDIS"]], prefix="metrics-test")
@@ -45,6 +47,10 @@ async def http(scope, receive, send):
     if scope["path"] == "/boom":
         raise RuntimeError("the application's own bug")
     text = b"ok"
+    if scope["path"] == "/workers":  # what the admin page reads in this worker
+        figures = _metrics.figures()
+        seen = {"pid": os.getpid(), "workers": _metrics.workers(), "figures": figures}
+        text = json.dumps(seen).encode()
     if scope["path"] == "/broadcast":
         await layer.group_send("room", {"type": "websocket.send", "text": "hi"})
         text = b"sent"
@@ -230,6 +236,7 @@ def test_a_scripted_workload_across_two_workers_is_counted_exactly(
     served: tuple[int, int, Path],
 ) -> None:
     port, metrics_port, log = served
+    started = time.time()  # the workers were forked before this
     # HTTP: 6 GETs and a POST answered "ok", one app exception (500),
     # one header block over --max-header-size (431: a limit, not an app response).
     for _ in range(6):
@@ -307,6 +314,22 @@ def test_a_scripted_workload_across_two_workers_is_counted_exactly(
     for (name, labels), figure in samples.items():
         if name == "tidings_limit_hits_total" and dict(labels)["limit"] not in untouched:
             assert figure == 0, labels
+
+    # Each worker gets every worker's figures from the supervisor (a second late at
+    # most): both workers, when each started, and the members' sockets among them.
+    deadline = time.monotonic() + 10
+    while True:
+        seen = json.loads(_get(port, "/workers").partition(b"\r\n\r\n")[2])
+        workers = seen["workers"] or {}
+        connections = [w["connections"] for w in workers.values() if w["connections"]]
+        if len(connections) == 2 and sum(c["websocket"] for c in connections) == 3:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    assert str(seen["pid"]) in workers and {pid.decode() for pid in pids} <= set(workers)
+    assert all(started - 60 < w["started"] <= time.time() for w in workers.values())
+    assert seen["figures"]["open_websocket"] == 3  # the totals, complete
+    assert set(seen["figures"]) >= {"ws_messages_in", "http_duration", "closes"}
 
     # The members leave; the figures follow.
     for member in members:
@@ -433,7 +456,9 @@ def test_idle_connections_to_the_metrics_port_cannot_lock_scrapes_out(tmp_path: 
                 try:
                     dropped += sock.recv(1) == b""
                 except BlockingIOError:
-                    pass
+                    pass  # still held
+                except ConnectionResetError:
+                    dropped += 1  # closed with our request unread: the kernel sent RST
             assert dropped >= len(idle) - MAX_CLIENTS
         finally:
             for sock in idle:

@@ -10,9 +10,10 @@ while at least one admin socket watches it. Once every ``INTERVAL`` seconds it r
   when metrics are off): open connections by kind, and per-second rates of WebSocket
   messages in and out, HTTP responses and ``group_send`` calls, from the difference of
   two successive totals;
-- **this process**: its pid, uptime and its own open connections
-  (``tidings._metrics.ACTIVE``). The metrics snapshot has no per-worker figures, so the
-  workers panel shows the process that serves the page;
+- **workers** (``tidings._metrics.workers()``, sent with the totals): every worker's
+  pid, uptime and open connections, the one serving the page marked. Without a
+  supervisor (metrics off, or before its first totals) the panel shows this process
+  alone, with its own open connections (``tidings._metrics.ACTIVE``);
 - **the busiest groups**: :mod:`tidings._admin_groups` (every second in memory, every
   ``REDIS_GROUPS_INTERVAL`` seconds on Redis, where each refresh costs a bounded slice);
 - **presence**: ``tidings.presence.topics()`` (this process's replica), the
@@ -69,13 +70,13 @@ PING_TIMEOUT: Final = 1.0
 PANEL_TIMEOUT: Final = 2.0
 #: Presence topics listed.
 TOP_TOPICS: Final = 10
-#: The rate series: name -> how to read its counter from a metrics snapshot.
-#: (Totals may lack figures: the supervisor sends ``{}`` before its first round.)
+#: The rate series: name -> how to read its counter from a metrics snapshot (complete:
+#: ``tidings._metrics.figures()`` never returns a partial one).
 RATES: Final[dict[str, Callable[[_metrics.Snapshot], int]]] = {
-    "ws_in": lambda s: int(s.get("ws_messages_in", 0)),
-    "ws_out": lambda s: int(s.get("ws_messages_out", 0)),
-    "http": lambda s: int(sum(s.get("http_status", ()))),
-    "group_send": lambda s: int(sum(s.get("layer_group_send", {}).get("counts", ()))),
+    "ws_in": lambda s: int(s["ws_messages_in"]),
+    "ws_out": lambda s: int(s["ws_messages_out"]),
+    "http": lambda s: sum(sum(h["counts"]) for h in s["http_duration"]),
+    "group_send": lambda s: sum(s["layer_group_send"]["counts"]),
 }
 
 logger = logging.getLogger("tidings.admin")
@@ -95,7 +96,7 @@ def _process_started() -> float:
 
 
 def _connections(snapshot: _metrics.Snapshot) -> dict[str, int]:
-    return {kind: int(snapshot.get(f"open_{kind}", 0)) for kind in _metrics.KINDS}
+    return {kind: int(snapshot[f"open_{kind}"]) for kind in _metrics.KINDS}
 
 
 def _own_connections(metrics: _metrics.Metrics) -> dict[str, int]:
@@ -201,18 +202,35 @@ class Sampler:
             "interval": INTERVAL,
             "metrics": totals is not None,
             "connections": _connections(totals) if totals is not None else None,
-            "workers": [
-                {
-                    "pid": os.getpid(),
-                    "uptime": round(now - self.started, 1),
-                    "connections": None if own is None else _own_connections(own),
-                }
-            ],
+            "workers": self._workers(now, own),
             "rates": None if rate is None else {"t": round(now, 3), **rate},
             "groups": groups.as_json(),
             "presence": topics,
             "layer": health,
         }
+
+    def _workers(self, now: float, own: _metrics.Metrics | None) -> list[dict[str, Any]]:
+        """The workers panel: every worker from the supervisor's figures, else this process."""
+        pid = os.getpid()
+        workers = _metrics.workers()
+        if not workers:
+            return [
+                {
+                    "pid": pid,
+                    "uptime": round(now - self.started, 1),
+                    "connections": None if own is None else _own_connections(own),
+                    "this": True,
+                }
+            ]
+        return [
+            {
+                "pid": worker_pid,
+                "uptime": round(max(0.0, now - worker["started"]), 1),
+                "connections": worker["connections"],
+                "this": worker_pid == pid,
+            }
+            for worker_pid, worker in sorted(workers.items())
+        ]
 
     def _rates(self, totals: _metrics.Snapshot | None, now: float) -> dict[str, float] | None:
         """Per-second rates since the previous distinct totals (None with metrics off)."""
@@ -274,8 +292,8 @@ class Sampler:
         if isinstance(layer, RedisChannelLayer):
             health["hosts"] = await self._redis(layer).ping(PING_TIMEOUT)
             if totals is not None:
-                health["outages"] = int(totals.get("redis_outages", 0))
-                health["reconnects"] = int(totals.get("redis_reconnects", 0))
+                health["outages"] = int(totals["redis_outages"])
+                health["reconnects"] = int(totals["redis_reconnects"])
         return health
 
     def _redis(self, layer: RedisChannelLayer) -> RedisGroups:

@@ -8,19 +8,28 @@ inline, behind one check::
 
     m = _metrics.ACTIVE
     if m is not None:
-        m.ws_messages_in += 1
+        m.ws_accepted += 1
 
 ``ACTIVE`` is None until :func:`enable` runs (``tidings serve --metrics-bind``), so
 with metrics off the whole cost is that check. With metrics on it is an attribute
 increment: no lock (each process has one event loop, and a ``+=`` on an ``int`` slot
 is not torn), no label lookup on the hot paths (labelled figures that are bumped
 per message are separate attributes, and the per-status request histograms a list,
-all made here once), no function call on the per-message paths, and nothing the core
-allocates (CPython makes a new ``int`` for a ``+=`` past 256: that is the whole
-allocation). ``Histogram.observe`` is a call: per layer operation and once a second;
-the per-request histogram is bumped inline (``tidings.server._cycle``). Labelled
-figures bumped off the hot paths (close codes, refusals, limits) are ``dict`` s whose
-keys are fixed here or bounded by the protocol (a close code).
+all made here once). ``Histogram.observe`` is a call: per layer operation and once a
+second; the per-request histogram is bumped inline (``tidings.server._cycle``).
+Labelled figures bumped off the hot paths (close codes, refusals, limits) are
+``dict`` s whose keys are fixed here or bounded by the protocol (a close code).
+
+Messages and bytes: WebSocket messages are counted by number and by bytes, in and out;
+as ``+=`` that is four increments per echo, about 4 % of its cost (each makes a new
+``int`` past 256). So the server appends each message's size to ``ws_in_sizes`` or
+``ws_out_sizes`` instead (one ``list.append``, a third of the cost), and
+:meth:`Metrics.fold` adds them to ``ws_messages_*`` and ``ws_bytes_*``.
+:meth:`Metrics.snapshot` folds first (so every reading is exact), and so does the
+server's once-a-second sweep, which bounds the lists to one second of messages (8
+bytes each, 40 for a size over 256).
+A message received is counted so when the read that carried it held nothing else;
+any other read adds its bytes and messages to the totals at once.
 
 :meth:`Metrics.snapshot` copies the figures into plain data (ints, floats, lists,
 dicts) that ``marshal`` can carry; :func:`merge` adds snapshots together, which is
@@ -38,7 +47,7 @@ import functools
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypedDict, TypeVar
 
 __all__ = [
     "ACTIVE",
@@ -54,6 +63,7 @@ __all__ = [
     "Histogram",
     "Metrics",
     "Snapshot",
+    "WorkerFigures",
     "app_raised",
     "channel_full",
     "disable",
@@ -64,6 +74,7 @@ __all__ = [
     "merge",
     "set_totals",
     "timed",
+    "workers",
 ]
 
 #: A snapshot: attribute name -> int, float, list of bucket counts, or dict.
@@ -175,8 +186,10 @@ class Metrics:
         "ws_bytes_in",
         "ws_bytes_out",
         "ws_denied",
+        "ws_in_sizes",
         "ws_messages_in",
         "ws_messages_out",
+        "ws_out_sizes",
     )
 
     def __init__(self) -> None:
@@ -196,6 +209,10 @@ class Metrics:
         self.ws_messages_out = 0
         self.ws_bytes_in = 0
         self.ws_bytes_out = 0
+        # Messages not in the four figures above yet: the size of each, appended per
+        # message (see "Messages and bytes" above); fold() adds them in.
+        self.ws_in_sizes: list[int] = []
+        self.ws_out_sizes: list[int] = []
         self.closes: dict[int, int] = {}
         self.app_exceptions = dict.fromkeys(EXCEPTION_KINDS, 0)
         # The event loop.
@@ -223,10 +240,26 @@ class Metrics:
         closes = self.closes
         closes[code] = closes.get(code, 0) + 1
 
+    def fold(self) -> None:
+        """Add the messages of ``ws_in_sizes`` and ``ws_out_sizes`` to the totals; empty them."""
+        sizes = self.ws_in_sizes
+        if sizes:
+            self.ws_messages_in += len(sizes)
+            self.ws_bytes_in += sum(sizes)
+            sizes.clear()
+        sizes = self.ws_out_sizes
+        if sizes:
+            self.ws_messages_out += len(sizes)
+            self.ws_bytes_out += sum(sizes)
+            sizes.clear()
+
     def snapshot(self) -> Snapshot:
         """The figures as plain data (histograms as ``{"counts": [...], "sum": s}``)."""
+        self.fold()
         out: Snapshot = {}
         for name in self.__slots__:
+            if name in _PENDING:
+                continue
             value = getattr(self, name)
             if isinstance(value, Histogram):
                 out[name] = _plain(value)
@@ -237,6 +270,10 @@ class Metrics:
             else:
                 out[name] = value
         return out
+
+
+#: Per-message lists that :meth:`Metrics.fold` empties: not figures themselves.
+_PENDING: Final = frozenset({"ws_in_sizes", "ws_out_sizes"})
 
 
 def _plain(histogram: Histogram) -> dict[str, Any]:
@@ -250,9 +287,10 @@ _T = TypeVar("_T", bound=type)
 # Methods ``timed`` wraps while metrics are on: (class, method name, Metrics attribute).
 _timed: list[tuple[type, str, str]] = []
 
-# Figures summed over every worker, as the supervisor last sent them (None: this
-# process serves alone, or none came yet).
+# Figures summed over every worker, and each worker's own, as the supervisor last sent
+# them (None: this process serves alone, or none came yet).
 _totals: Snapshot | None = None
+_workers: dict[int, WorkerFigures] | None = None
 
 
 def enable() -> Metrics:
@@ -267,9 +305,9 @@ def enable() -> Metrics:
 
 def disable() -> None:
     """Turn metrics off in this process and forget its figures."""
-    global ACTIVE, _totals
+    global ACTIVE, _totals, _workers
     ACTIVE = None
-    _totals = None
+    _totals = _workers = None
     for cls, name, _ in _timed:
         method = cls.__dict__[name]
         setattr(cls, name, getattr(method, "__wrapped__", method))
@@ -337,23 +375,49 @@ def app_raised(kind: str) -> None:
         ACTIVE.app_exceptions[kind] += 1
 
 
-def set_totals(totals: Snapshot) -> None:
-    """Record the figures of every worker, summed (sent by the supervisor)."""
-    global _totals
-    _totals = totals
+def set_totals(totals: Snapshot, workers: dict[int, WorkerFigures] | None = None) -> None:
+    """Record the figures of every worker, summed, and each worker's (from the supervisor).
+
+    An empty ``totals`` (no worker has answered yet) is ignored: :func:`figures` keeps
+    returning this process's own figures until real totals come.
+    """
+    global _totals, _workers
+    if totals:
+        _totals, _workers = totals, workers
 
 
 def figures() -> Snapshot | None:
     """The current figures, summed over every worker of this server; None when off.
 
     In a worker of ``tidings serve --workers N`` these are the totals the supervisor
-    last sent (it sends them once a second), in a single process this process's own.
-    The keys are the attribute names of :class:`Metrics`; histograms are
-    ``{"counts": [...], "sum": s}`` with the bounds of the ``*_BUCKETS`` constants.
+    last sent (it sends them once a second); in a single process, and in a worker
+    before the supervisor's first totals, this process's own. Either way every key is
+    there: the attribute names of :class:`Metrics` (but the ``*_sizes`` lists);
+    histograms are ``{"counts": [...], "sum": s}`` with the bounds of the ``*_BUCKETS``
+    constants.
     """
     if ACTIVE is None:
         return None
     return _totals if _totals is not None else ACTIVE.snapshot()
+
+
+class WorkerFigures(TypedDict):
+    """One worker of the server, as the supervisor last saw it (see :func:`workers`)."""
+
+    #: When it was forked, Unix time.
+    started: float
+    #: Its open connections by kind (:data:`KINDS`); None until its first figures.
+    connections: dict[str, int] | None
+
+
+def workers() -> dict[int, WorkerFigures] | None:
+    """Every running worker of this server by pid, once a second from the supervisor.
+
+    None when metrics are off, in a process that serves alone, and in a worker before
+    the supervisor's first totals. At most one entry per worker process alive (during a
+    ``SIGHUP`` restart, the old and the new ones).
+    """
+    return _workers if ACTIVE is not None else None
 
 
 def merge(into: Snapshot, other: Snapshot, *, gauges: bool = True) -> Snapshot:

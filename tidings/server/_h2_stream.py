@@ -41,6 +41,7 @@ from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 
+from tidings import _metrics
 from tidings._types import ASGIApp, Message
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._state import access_log, error_log, fmt_client, loggable, loggable_query
@@ -88,6 +89,7 @@ class H2Stream:
         "response_started",
         "scope",
         "sent",
+        "started",
         "status",
         "stream_id",
         "task",
@@ -122,6 +124,7 @@ class H2Stream:
         self.trailer_fields: list[tuple[bytes, bytes]] = []
         self.sent = 0
         self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()  # the head is complete: the request's duration starts
 
     # -- events from the protocol -------------------------------------------------------
 
@@ -164,6 +167,7 @@ class H2Stream:
             if self.disconnected or isinstance(exc, ClientDisconnected):
                 error_log.debug("ASGI application stopped after the client left: %r", exc)
             else:
+                _metrics.app_raised("http")
                 error_log.error("Exception in ASGI application", exc_info=exc)
             self._fail_response()
         else:
@@ -186,7 +190,7 @@ class H2Stream:
                 protocol.respond(self.stream_id, 500)
             else:
                 protocol.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
-        protocol.stream_done(self)
+        self._response_ended()
 
     # -- receive ------------------------------------------------------------------------
 
@@ -457,7 +461,13 @@ class H2Stream:
                 self.status,
                 self.sent,
             )
-        protocol.stream_done(self)
+        self._response_ended()
+
+    def _response_ended(self) -> None:
+        """Count the request's duration (by status class, as over HTTP/1.1); the stream is done."""
+        if (m := _metrics.ACTIVE) is not None:
+            m.http_duration[self.status // 100].observe(time.monotonic() - self.started)
+        self.protocol.stream_done(self)
 
 
 def _as_bytes(body: object) -> bytes:

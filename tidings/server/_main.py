@@ -226,6 +226,7 @@ class Server:
             if metrics is not None:  # event-loop lag: how late this sleep ended
                 lag = metrics.lag_last = max(0.0, loop.time() - started - self.sweep_interval)
                 metrics.lag.observe(lag)
+                metrics.fold()  # the messages counted since the last sweep, at most
             try:
                 state.sweep()
             except Exception:

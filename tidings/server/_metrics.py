@@ -10,8 +10,11 @@ number) and the worker answers from its event loop (``S``: the sequence number a
 its figures, ``marshal``-ed): once a second, and on every scrape, which waits up to
 ``SCRAPE_WAIT`` for every worker's answer to the scrape's own question, so that a
 scrape counts everything the workers did before it. After each round the supervisor
-sends every worker the totals (``T``), which ``tidings._metrics.figures()`` returns
-there (an admin page reads them).
+sends every worker the totals and each worker's own few figures (``T``: when it
+started, its open connections), which ``tidings._metrics.figures()`` and
+``workers()`` return there (the admin page reads them). Totals go out only once some
+worker has answered, and always with every figure (zeros included), so a reader never
+sees an empty or partial snapshot.
 
 A worker that exits sends its last figures first (a SIGKILLed one cannot: what it
 counted since the last round is lost); its counters are kept in ``retired`` so that
@@ -143,7 +146,8 @@ class _WorkerLink:
             if kind == b"Q":
                 self.send(payload)
             elif kind == b"T":
-                _metrics.set_totals(marshal.loads(payload))
+                message = marshal.loads(payload)
+                _metrics.set_totals(message["totals"], message["workers"])
 
     def send(self, seq: bytes) -> None:
         metrics = _metrics.ACTIVE
@@ -195,12 +199,13 @@ def worker_stopping() -> None:
 
 
 class _Worker:
-    __slots__ = ("answered", "asked", "buffer", "latest", "sock")
+    __slots__ = ("answered", "asked", "buffer", "latest", "sock", "started")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.started = time.time()  # forked just now
         self.buffer = bytearray()
-        self.latest: _metrics.Snapshot = {}
+        self.latest: _metrics.Snapshot = {}  # {} until its first answer
         self.asked = 0  # the sequence number of the latest question
         self.answered = 0  # the sequence number of the latest answer
 
@@ -305,14 +310,29 @@ class MetricsHub:
         return self.seq
 
     def totals(self) -> _metrics.Snapshot:
-        """The figures of every worker, summed, with those of workers that exited."""
-        totals = _metrics.merge({}, self.retired)
+        """The figures of every worker, summed, with those of workers that exited.
+
+        Every figure is there, zero when no worker has counted it yet.
+        """
+        totals = _metrics.merge(_metrics.Metrics().snapshot(), self.retired)
         for worker in self.workers.values():
             _metrics.merge(totals, worker.latest)
         return totals
 
+    def worker_figures(self) -> dict[int, _metrics.WorkerFigures]:
+        """Each running worker's start and open connections, by pid."""
+        figures: dict[int, _metrics.WorkerFigures] = {}
+        for pid, worker in self.workers.items():
+            latest = worker.latest
+            open_ = {kind: latest[f"open_{kind}"] for kind in _metrics.KINDS} if latest else None
+            figures[pid] = {"started": worker.started, "connections": open_}
+        return figures
+
     def _send_totals(self) -> None:
-        message = _frame(b"T", marshal.dumps(self.totals()))
+        if not self.retired and not any(worker.latest for worker in self.workers.values()):
+            return  # no figures yet: the workers keep reading their own
+        totals = {"totals": self.totals(), "workers": self.worker_figures()}
+        message = _frame(b"T", marshal.dumps(totals))
         for worker in self.workers.values():
             worker.tell(message)
 

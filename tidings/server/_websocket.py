@@ -112,14 +112,13 @@ CLOSE_TIMEOUT: Final = 10.0
 #: Bytes a client may send before the app accepts; reading pauses beyond it.
 _HANDSHAKE_BUFFER: Final = 64 * 1024
 
-_ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
-
 _HANDSHAKE, _OPEN, _DONE = _ws_handshake.HANDSHAKE, _ws_handshake.OPEN, _ws_handshake.DONE
 _disconnect = _ws_handshake.disconnect
 _CONN_OPEN: Final = ConnectionState.OPEN
 _ACCEPTED: Final = ACCEPTED
 _DENYING: Final = DENYING
 _APP_CLOSED: Final = CLOSED
+_MESSAGES: Final = (TextMessage, BytesMessage)
 
 
 def install(state: ServerState) -> None:
@@ -200,22 +199,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             "websocket.http.response": {},
             WEBSOCKET_DIRECT: {"send_nowait": self.send_nowait},
         }
-        self.scope: dict[str, Any] = {
-            "type": "websocket",
-            "asgi": _ASGI,
-            "http_version": scope["http_version"],
-            "scheme": "wss" if scope["scheme"] == "https" else "ws",
-            "path": scope["path"],
-            "raw_path": scope["raw_path"],
-            "query_string": scope["query_string"],
-            "root_path": scope["root_path"],
-            "headers": _ws_handshake.shared_fields(scope["headers"]),
-            "client": scope["client"],
-            "server": scope["server"],
-            "subprotocols": [],
-            "state": scope["state"],
-            "extensions": extensions,
-        }
+        self.scope = _ws_handshake.websocket_scope(scope, extensions)
         self._phase = _HANDSHAKE
         self._request: HandshakeRequest | None = None
         self._conn: WebSocketConnection | None = None
@@ -375,8 +359,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             return False
         self.transport.write(out := conn.data_to_send())
         if (m := _metrics.ACTIVE) is not None:
-            m.ws_messages_out += 1
-            m.ws_bytes_out += len(out)
+            m.ws_out_sizes.append(len(out))
         return True
 
     async def send(self, message: Message) -> None:
@@ -414,8 +397,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                 raise ClientDisconnected("client not reading: --ws-max-send-buffer exceeded")
             self.transport.write(out := conn.data_to_send())
             if (m := _metrics.ACTIVE) is not None:
-                m.ws_messages_out += 1
-                m.ws_bytes_out += len(out)
+                m.ws_out_sizes.append(len(out))
             if self._write_paused:
                 await self._drain()
             return
@@ -470,20 +452,26 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
                     self._pause_reading()
             return
         self._seen = True
-        if (m := _metrics.ACTIVE) is not None:
-            m.ws_bytes_in += len(data)
         conn.receive_data(data)
         events = conn.events()
-        delivered = 0
         if len(events) == 1:
-            # The common case, one message per chunk: no loop, nothing to flush.
+            # The common case, one message per chunk: no loop, nothing to flush; the
+            # read is the message's, counted by its size (tidings._metrics).
             event = events[0]
             if type(event) is TextMessage:
                 self._deliver({"type": "websocket.receive", "text": event.data})
+                if (m := _metrics.ACTIVE) is not None:
+                    m.ws_in_sizes.append(len(data))
                 return
             if type(event) is BytesMessage:
                 self._deliver({"type": "websocket.receive", "bytes": event.data})
+                if (m := _metrics.ACTIVE) is not None:
+                    m.ws_in_sizes.append(len(data))
                 return
+        if (m := _metrics.ACTIVE) is not None:
+            m.ws_bytes_in += len(data)
+            m.ws_messages_in += sum(type(e) in _MESSAGES for e in events)
+        delivered = 0
         for event in events:
             if type(event) is TextMessage:
                 self._deliver({"type": "websocket.receive", "text": event.data})
@@ -526,8 +514,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._close_transport()
 
     def _deliver(self, message: Message) -> None:
-        if (m := _metrics.ACTIVE) is not None:
-            m.ws_messages_in += 1
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

@@ -34,11 +34,11 @@ once the connection is open. What must not go here: the handshake's rules
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tidings import _metrics
 from tidings._asgi import Accept, Refusal
-from tidings._types import Message
+from tidings._types import Message, WebSocketExtensions
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._state import access_log, error_log, fmt_client, loggable, loggable_query
 from tidings.wire import (
@@ -67,6 +67,7 @@ __all__ = [
     "refuse",
     "respond",
     "shared_fields",
+    "websocket_scope",
 ]
 
 #: The phases of ``WebSocketProtocol._phase`` (drawn in ``tidings.server._websocket``).
@@ -122,6 +123,29 @@ def shared_fields(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes
                 same = field if common is None else (common, value)
         out.append(same)
     return out
+
+
+_ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
+
+
+def websocket_scope(http: dict[str, Any], extensions: WebSocketExtensions) -> dict[str, Any]:
+    """The ASGI WebSocket scope of the upgrade request whose HTTP scope is ``http``."""
+    return {
+        "type": "websocket",
+        "asgi": _ASGI,
+        "http_version": http["http_version"],
+        "scheme": "wss" if http["scheme"] == "https" else "ws",
+        "path": http["path"],
+        "raw_path": http["raw_path"],
+        "query_string": http["query_string"],
+        "root_path": http["root_path"],
+        "headers": shared_fields(http["headers"]),
+        "client": http["client"],
+        "server": http["server"],
+        "subprotocols": [],
+        "state": http["state"],
+        "extensions": extensions,
+    }
 
 
 def disconnect(code: int, reason: str = "") -> Message:

@@ -136,11 +136,19 @@
     $("tl-updated").textContent = `updated ${new Date(message.at * 1000).toLocaleTimeString()}`;
     $("tl-metrics-off").hidden = message.metrics;
 
+    // Every worker when the supervisor sends their figures, else the serving process.
+    const workers = message.workers;
     fillRows(
       "tl-workers-rows",
-      message.workers.map((w) => [w.pid, duration(w.uptime), w.connections ? sum(w.connections) : "–"]),
+      workers.map((w) => [
+        workers.length > 1 && w.this ? `${w.pid} (this page)` : w.pid,
+        duration(w.uptime),
+        w.connections ? sum(w.connections) : "–",
+      ]),
       "none",
     );
+    $("tl-workers").querySelector(".tl-note").textContent =
+      workers.length > 1 ? `${workers.length} workers.` : "The process that serves this page.";
     const conns = message.connections;
     fillRows(
       "tl-connections-rows",
