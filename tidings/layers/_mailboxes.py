@@ -11,10 +11,11 @@ layers pass :func:`isolate`), so receivers never share a mutable object.
 State is four dicts guarded by one ``threading.Lock`` (``lock``):
 
 - ``channels``: channel name -> :class:`Mailbox` (a deque of ``(expires_at,
-  message)`` and a deque of waiting receivers' futures);
+  message)`` and a list of waiting receivers' futures, each made only while
+  it has something in it);
 - ``groups``: group -> {channel: time of the last ``join``};
-- ``memberships``: channel -> groups, the reverse index, so that a channel
-  can leave all its groups at once;
+- ``memberships``: channel -> its group (a set when it has several), the
+  reverse index, so that a channel can leave all its groups at once;
 - ``direct``: channel -> the non-blocking writer of its consumer's socket
   (see *Direct delivery*).
 
@@ -120,14 +121,74 @@ def _notify(waiter: asyncio.Future[None]) -> None:
 
 
 class Mailbox:
-    """One channel's queued messages and waiting receivers."""
+    """One channel's queued messages and waiting receivers.
+
+    There is one per idle consumer (its reader waits here), so both containers
+    are made only when needed and dropped when emptied: ``queue`` is None while
+    no message waits, ``waiters`` None while nobody waits. Waiters are a list
+    (most mailboxes have one reader; a deque costs ten times as much).
+    """
 
     __slots__ = ("capacity", "queue", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.queue: deque[tuple[float, Message]] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.queue: deque[tuple[float, Message]] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def size(self) -> int:
+        """How many messages are queued."""
+        return 0 if self.queue is None else len(self.queue)
+
+    def push(self, entry: tuple[float, Message]) -> None:
+        """Queue ``entry`` (the caller checked the capacity)."""
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(entry)
+
+    def pop(self) -> tuple[float, Message]:
+        """Take the first queued entry (there must be one)."""
+        assert self.queue is not None
+        entry = self.queue.popleft()
+        if not self.queue:
+            self.queue = None
+        return entry
+
+    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
+        if self.waiters is None:
+            self.waiters = [waiter]
+        else:
+            self.waiters.append(waiter)
+
+    def next_waiter(self) -> asyncio.Future[None] | None:
+        """Remove and return the first waiter, or None if nobody waits."""
+        waiters = self.waiters
+        if not waiters:
+            return None
+        waiter = waiters.pop(0)
+        if not waiters:
+            self.waiters = None
+        return waiter
+
+    def remove_waiter(self, waiter: asyncio.Future[None]) -> bool:
+        """Forget ``waiter``; return whether it was waiting."""
+        waiters = self.waiters
+        if not waiters:
+            return False
+        # Identity first (the usual case, the last one in): a failed list.remove()
+        # would compare futures with ==, and index() formats nothing either way.
+        if waiters[-1] is waiter:
+            waiters.pop()
+        else:
+            for index, other in enumerate(waiters):
+                if other is waiter:
+                    del waiters[index]
+                    break
+            else:
+                return False
+        if not waiters:
+            self.waiters = None
+        return True
 
 
 class Mailboxes:
@@ -161,7 +222,9 @@ class Mailboxes:
         self.lock = threading.Lock()
         self.channels: dict[str, Mailbox] = {}
         self.groups: dict[str, dict[str, float]] = {}
-        self.memberships: dict[str, set[str]] = {}
+        # channel -> its group, or a set of them when there are several (one set per
+        # channel would cost 200 bytes for every consumer in a single room).
+        self.memberships: dict[str, str | set[str]] = {}
         self.direct: dict[str, Callable[[Message], bool]] = {}
         self.next_sweep = -math.inf
         """When the next sweep is due (on ``clock``)."""
@@ -184,10 +247,10 @@ class Mailboxes:
                 record = self.channels[channel] = Mailbox(self.capacity_of(channel))
             elif self._drop_expired(record, now):
                 self._leave_groups(channel)
-            if len(record.queue) >= record.capacity:
+            if record.size() >= record.capacity:
                 _metrics.channel_full()
                 raise ChannelFull(f"channel {channel!r} is full ({record.capacity} messages)")
-            record.queue.append((now + self.expiry, snapshot))
+            record.push((now + self.expiry, snapshot))
             if record.waiters:
                 self._wake_one(record, loop)
 
@@ -215,14 +278,14 @@ class Mailboxes:
                     if self._drop_expired(record, now):
                         self._leave_groups(channel)
                     if record.queue:
-                        deadline, snapshot = record.queue.popleft()
+                        deadline, snapshot = record.pop()
                         if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                             m.layer_receive.observe(now + self.expiry - deadline)
                         if not record.queue and not record.waiters:
                             del self.channels[channel]
                         break
                 waiter: asyncio.Future[None] = loop.create_future()
-                record.waiters.append(waiter)
+                record.add_waiter(waiter)
             clean_up = True
             try:
                 await waiter
@@ -255,14 +318,15 @@ class Mailboxes:
                 return None
             if queue[0][0] <= now and self._drop_expired(record, now):
                 self._leave_groups(channel)
-                if not queue:
+                if not record.queue:
                     return None
-            deadline, snapshot = queue.popleft()
+            deadline, snapshot = record.pop()
             if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                 m.layer_receive.observe(now + self.expiry - deadline)
             # The mailbox stays even when empty: its reader (a MessageMux) watches it
             # again at once, and making it anew each message cost more than the rest
             # of this call. unwatch() or the sweep reclaims it once nobody waits.
+            # (Its emptied queue is dropped by pop(): an idle mailbox holds no deque.)
         return self.copy(snapshot)
 
     def watch(self, channel: str, waiter: asyncio.Future[None]) -> None:
@@ -279,7 +343,7 @@ class Mailboxes:
                 if not waiter.done():
                     waiter.set_result(None)
                 return
-            record.waiters.append(waiter)
+            record.add_waiter(waiter)
 
     def unwatch(self, channel: str, waiter: asyncio.Future[None]) -> None:
         """Forget ``waiter`` registered by :meth:`watch` (a no-op once it was woken)."""
@@ -287,13 +351,8 @@ class Mailboxes:
             record = self.channels.get(channel)
             if record is None:
                 return
-            waiters = record.waiters
-            # Membership test first: a failed deque.remove() formats the future's repr.
-            if waiters and waiters[-1] is waiter:
-                waiters.pop()
-            elif waiter in waiters:
-                waiters.remove(waiter)
-            if not record.queue and not waiters:
+            record.remove_waiter(waiter)
+            if not record.queue and not record.waiters:
                 del self.channels[channel]
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
@@ -318,7 +377,13 @@ class Mailboxes:
             members = self.groups.setdefault(group, {})
             existed = channel in members
             members[channel] = now
-            self.memberships.setdefault(channel, set()).add(group)
+            groups = self.memberships.get(channel)
+            if groups is None:
+                self.memberships[channel] = group
+            elif isinstance(groups, set):
+                groups.add(group)
+            elif groups != group:
+                self.memberships[channel] = {groups, group}
             return existed
 
     def leave(self, group: str, channel: str) -> None:
@@ -387,7 +452,7 @@ class Mailboxes:
                 # An idle member (its consumer waits in this loop, nothing queued):
                 # its socket can take the message directly, after the lock.
                 send_now = direct.get(channel)
-                waiter = record.waiters[0]
+                waiter = record.waiters[0]  # (not None: tested just above)
                 if send_now is not None and waiter.get_loop() is loop and not waiter.done():
                     handed.append((record, send_now))
                     continue
@@ -415,7 +480,7 @@ class Mailboxes:
             self.groups.clear()
             self.memberships.clear()
             for channel, record in list(self.channels.items()):
-                record.queue.clear()
+                record.queue = None
                 if not record.waiters:
                     del self.channels[channel]
 
@@ -425,15 +490,14 @@ class Mailboxes:
         self, record: Mailbox, entry: tuple[float, Message], loop: asyncio.AbstractEventLoop
     ) -> None:
         """Queue a group message's ``entry`` unless the channel is full (it then misses it)."""
-        if len(record.queue) < record.capacity:
-            record.queue.append(entry)
+        if record.size() < record.capacity:
+            record.push(entry)
             if record.waiters:
                 self._wake_one(record, loop)
 
     def _wake_one(self, record: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the first live waiter of ``record``, removing it from the waiters."""
-        while record.waiters:
-            waiter = record.waiters.popleft()
+        while (waiter := record.next_waiter()) is not None:
             if waiter.done():
                 continue
             waiter_loop = waiter.get_loop()
@@ -454,12 +518,9 @@ class Mailboxes:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Clean up after a receiver that stopped waiting without taking a message."""
-        try:
-            record.waiters.remove(waiter)
-        except ValueError:
+        if not record.remove_waiter(waiter) and record.queue:
             # A sender had already chosen this waiter: hand its wake-up on.
-            if record.queue:
-                self._wake_one(record, loop)
+            self._wake_one(record, loop)
         if not record.queue and not record.waiters and self.channels.get(channel) is record:
             del self.channels[channel]
 
@@ -470,13 +531,16 @@ class Mailboxes:
             return False
         while queue and queue[0][0] <= now:
             queue.popleft()
+        if not queue:
+            record.queue = None
         return True
 
     def _leave_groups(self, channel: str) -> None:
         """Remove ``channel`` from every group it belongs to (if the rule says so)."""
         if not self.leave_groups_on_expiry:
             return
-        for group in self.memberships.pop(channel, ()):
+        groups = self.memberships.pop(channel, ())
+        for group in (groups,) if isinstance(groups, str) else groups:
             members = self.groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -489,10 +553,12 @@ class Mailboxes:
         if members is not None and members.pop(channel, None) is not None and not members:
             del self.groups[group]
         groups = self.memberships.get(channel)
-        if groups is not None:
+        if groups == group:
+            del self.memberships[channel]
+        elif isinstance(groups, set):
             groups.discard(group)
-            if not groups:
-                del self.memberships[channel]
+            if len(groups) == 1:
+                self.memberships[channel] = groups.pop()
 
     def _drop_stale_memberships(self, now: float) -> None:
         """Drop memberships older than ``group_expiry``."""
