@@ -11,11 +11,10 @@ layers pass :func:`isolate`), so receivers never share a mutable object.
 State is four dicts guarded by one ``threading.Lock`` (``lock``):
 
 - ``channels``: channel name -> :class:`Mailbox` (a deque of ``(expires_at,
-  message)`` and a list of waiting receivers' futures, each made only while
-  it has something in it);
+  message)`` and a deque of waiting receivers' futures);
 - ``groups``: group -> {channel: time of the last ``join``};
-- ``memberships``: channel -> its group (a set when it has several), the
-  reverse index, so that a channel can leave all its groups at once;
+- ``memberships``: channel -> groups, the reverse index, so that a channel
+  can leave all its groups at once;
 - ``direct``: channel -> the non-blocking writer of its consumer's socket
   (see *Direct delivery*).
 
@@ -121,74 +120,14 @@ def _notify(waiter: asyncio.Future[None]) -> None:
 
 
 class Mailbox:
-    """One channel's queued messages and waiting receivers.
-
-    There is one per idle consumer (its reader waits here), so both containers
-    are made only when needed and dropped when emptied: ``queue`` is None while
-    no message waits, ``waiters`` None while nobody waits. Waiters are a list
-    (most mailboxes have one reader; a deque costs ten times as much).
-    """
+    """One channel's queued messages and waiting receivers."""
 
     __slots__ = ("capacity", "queue", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.queue: deque[tuple[float, Message]] | None = None
-        self.waiters: list[asyncio.Future[None]] | None = None
-
-    def size(self) -> int:
-        """How many messages are queued."""
-        return 0 if self.queue is None else len(self.queue)
-
-    def push(self, entry: tuple[float, Message]) -> None:
-        """Queue ``entry`` (the caller checked the capacity)."""
-        if self.queue is None:
-            self.queue = deque()
-        self.queue.append(entry)
-
-    def pop(self) -> tuple[float, Message]:
-        """Take the first queued entry (there must be one)."""
-        assert self.queue is not None
-        entry = self.queue.popleft()
-        if not self.queue:
-            self.queue = None
-        return entry
-
-    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
-        if self.waiters is None:
-            self.waiters = [waiter]
-        else:
-            self.waiters.append(waiter)
-
-    def next_waiter(self) -> asyncio.Future[None] | None:
-        """Remove and return the first waiter, or None if nobody waits."""
-        waiters = self.waiters
-        if not waiters:
-            return None
-        waiter = waiters.pop(0)
-        if not waiters:
-            self.waiters = None
-        return waiter
-
-    def remove_waiter(self, waiter: asyncio.Future[None]) -> bool:
-        """Forget ``waiter``; return whether it was waiting."""
-        waiters = self.waiters
-        if not waiters:
-            return False
-        # Identity first (the usual case, the last one in): a failed list.remove()
-        # would compare futures with ==, and index() formats nothing either way.
-        if waiters[-1] is waiter:
-            waiters.pop()
-        else:
-            for index, other in enumerate(waiters):
-                if other is waiter:
-                    del waiters[index]
-                    break
-            else:
-                return False
-        if not waiters:
-            self.waiters = None
-        return True
+        self.queue: deque[tuple[float, Message]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
 
 class Mailboxes:
@@ -222,9 +161,7 @@ class Mailboxes:
         self.lock = threading.Lock()
         self.channels: dict[str, Mailbox] = {}
         self.groups: dict[str, dict[str, float]] = {}
-        # channel -> its group, or a set of them when there are several (one set per
-        # channel would cost 200 bytes for every consumer in a single room).
-        self.memberships: dict[str, str | set[str]] = {}
+        self.memberships: dict[str, set[str]] = {}
         self.direct: dict[str, Callable[[Message], bool]] = {}
         self.next_sweep = -math.inf
         """When the next sweep is due (on ``clock``)."""
@@ -247,10 +184,10 @@ class Mailboxes:
                 record = self.channels[channel] = Mailbox(self.capacity_of(channel))
             elif self._drop_expired(record, now):
                 self._leave_groups(channel)
-            if record.size() >= record.capacity:
+            if len(record.queue) >= record.capacity:
                 _metrics.channel_full()
                 raise ChannelFull(f"channel {channel!r} is full ({record.capacity} messages)")
-            record.push((now + self.expiry, snapshot))
+            record.queue.append((now + self.expiry, snapshot))
             if record.waiters:
                 self._wake_one(record, loop)
 
@@ -278,14 +215,14 @@ class Mailboxes:
                     if self._drop_expired(record, now):
                         self._leave_groups(channel)
                     if record.queue:
-                        deadline, snapshot = record.pop()
+                        deadline, snapshot = record.queue.popleft()
                         if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                             m.layer_receive.observe(now + self.expiry - deadline)
                         if not record.queue and not record.waiters:
                             del self.channels[channel]
                         break
                 waiter: asyncio.Future[None] = loop.create_future()
-                record.add_waiter(waiter)
+                record.waiters.append(waiter)
             clean_up = True
             try:
                 await waiter
@@ -318,15 +255,14 @@ class Mailboxes:
                 return None
             if queue[0][0] <= now and self._drop_expired(record, now):
                 self._leave_groups(channel)
-                if not record.queue:
+                if not queue:
                     return None
-            deadline, snapshot = record.pop()
+            deadline, snapshot = queue.popleft()
             if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                 m.layer_receive.observe(now + self.expiry - deadline)
             # The mailbox stays even when empty: its reader (a MessageMux) watches it
             # again at once, and making it anew each message cost more than the rest
             # of this call. unwatch() or the sweep reclaims it once nobody waits.
-            # (Its emptied queue is dropped by pop(): an idle mailbox holds no deque.)
         return self.copy(snapshot)
 
     def watch(self, channel: str, waiter: asyncio.Future[None]) -> None:
@@ -343,7 +279,7 @@ class Mailboxes:
                 if not waiter.done():
                     waiter.set_result(None)
                 return
-            record.add_waiter(waiter)
+            record.waiters.append(waiter)
 
     def unwatch(self, channel: str, waiter: asyncio.Future[None]) -> None:
         """Forget ``waiter`` registered by :meth:`watch` (a no-op once it was woken)."""
@@ -351,8 +287,13 @@ class Mailboxes:
             record = self.channels.get(channel)
             if record is None:
                 return
-            record.remove_waiter(waiter)
-            if not record.queue and not record.waiters:
+            waiters = record.waiters
+            # Membership test first: a failed deque.remove() formats the future's repr.
+            if waiters and waiters[-1] is waiter:
+                waiters.pop()
+            elif waiter in waiters:
+                waiters.remove(waiter)
+            if not record.queue and not waiters:
                 del self.channels[channel]
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
@@ -377,13 +318,7 @@ class Mailboxes:
             members = self.groups.setdefault(group, {})
             existed = channel in members
             members[channel] = now
-            groups = self.memberships.get(channel)
-            if groups is None:
-                self.memberships[channel] = group
-            elif isinstance(groups, set):
-                groups.add(group)
-            elif groups != group:
-                self.memberships[channel] = {groups, group}
+            self.memberships.setdefault(channel, set()).add(group)
             return existed
 
     def leave(self, group: str, channel: str) -> None:
@@ -452,7 +387,7 @@ class Mailboxes:
                 # An idle member (its consumer waits in this loop, nothing queued):
                 # its socket can take the message directly, after the lock.
                 send_now = direct.get(channel)
-                waiter = record.waiters[0]  # (not None: tested just above)
+                waiter = record.waiters[0]
                 if send_now is not None and waiter.get_loop() is loop and not waiter.done():
                     handed.append((record, send_now))
                     continue
@@ -480,7 +415,7 @@ class Mailboxes:
             self.groups.clear()
             self.memberships.clear()
             for channel, record in list(self.channels.items()):
-                record.queue = None
+                record.queue.clear()
                 if not record.waiters:
                     del self.channels[channel]
 
@@ -490,14 +425,15 @@ class Mailboxes:
         self, record: Mailbox, entry: tuple[float, Message], loop: asyncio.AbstractEventLoop
     ) -> None:
         """Queue a group message's ``entry`` unless the channel is full (it then misses it)."""
-        if record.size() < record.capacity:
-            record.push(entry)
+        if len(record.queue) < record.capacity:
+            record.queue.append(entry)
             if record.waiters:
                 self._wake_one(record, loop)
 
     def _wake_one(self, record: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the first live waiter of ``record``, removing it from the waiters."""
-        while (waiter := record.next_waiter()) is not None:
+        while record.waiters:
+            waiter = record.waiters.popleft()
             if waiter.done():
                 continue
             waiter_loop = waiter.get_loop()
@@ -518,9 +454,12 @@ class Mailboxes:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Clean up after a receiver that stopped waiting without taking a message."""
-        if not record.remove_waiter(waiter) and record.queue:
+        try:
+            record.waiters.remove(waiter)
+        except ValueError:
             # A sender had already chosen this waiter: hand its wake-up on.
-            self._wake_one(record, loop)
+            if record.queue:
+                self._wake_one(record, loop)
         if not record.queue and not record.waiters and self.channels.get(channel) is record:
             del self.channels[channel]
 
@@ -531,16 +470,13 @@ class Mailboxes:
             return False
         while queue and queue[0][0] <= now:
             queue.popleft()
-        if not queue:
-            record.queue = None
         return True
 
     def _leave_groups(self, channel: str) -> None:
         """Remove ``channel`` from every group it belongs to (if the rule says so)."""
         if not self.leave_groups_on_expiry:
             return
-        groups = self.memberships.pop(channel, ())
-        for group in (groups,) if isinstance(groups, str) else groups:
+        for group in self.memberships.pop(channel, ()):
             members = self.groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -553,12 +489,10 @@ class Mailboxes:
         if members is not None and members.pop(channel, None) is not None and not members:
             del self.groups[group]
         groups = self.memberships.get(channel)
-        if groups == group:
-            del self.memberships[channel]
-        elif isinstance(groups, set):
+        if groups is not None:
             groups.discard(group)
-            if len(groups) == 1:
-                self.memberships[channel] = groups.pop()
+            if not groups:
+                del self.memberships[channel]
 
     def _drop_stale_memberships(self, now: float) -> None:
         """Drop memberships older than ``group_expiry``."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import re
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -78,15 +79,12 @@ class ChannelSource:
     Attributes:
         channel: the channel name.
         poll: None when the layer cannot be polled.
-
-    A layer passes the same ``receive``, ``poll``, ``watch`` and ``unwatch``
-    (each taking the channel name first) to all its sources, so a source costs
-    one small object per consumer.
+        watch: ``watch(waiter)`` resolves ``waiter`` when a message is waiting
+            (only when ``poll`` is set).
+        unwatch: ``unwatch(waiter)`` forgets ``waiter`` (only when ``poll`` is set).
     """
 
-    # One per connection of a consumer: it keeps the callables it is given (shared by
-    # all the sources of a layer) and makes nothing per channel but itself.
-    __slots__ = ("_poll", "_receive", "_unwatch", "_watch", "channel")
+    __slots__ = ("_receive", "channel", "poll", "unwatch", "watch")
 
     def __init__(
         self,
@@ -98,47 +96,26 @@ class ChannelSource:
     ) -> None:
         self.channel = channel
         self._receive = receive
-        self._poll = poll
-        self._watch = watch
-        self._unwatch = unwatch
+        # Partials, not methods: a consumer calls them around every message it waits for.
+        self.poll: Callable[[], Message | None] | None = (
+            None if poll is None else functools.partial(poll, channel)
+        )
+        self.watch: Callable[[asyncio.Future[None]], None] = (
+            _not_polled if watch is None else functools.partial(watch, channel)
+        )
+        self.unwatch: Callable[[asyncio.Future[None]], None] = (
+            _not_polled if unwatch is None else functools.partial(unwatch, channel)
+        )
 
     def __call__(self) -> Awaitable[Message]:
         return self._receive(self.channel)
 
-    @property
-    def poll(self) -> Callable[[], Message | None] | None:
-        """``poll()`` takes a waiting message or returns None; None if not pollable."""
-        return None if self._poll is None else self._take_nowait
-
-    def _take_nowait(self) -> Message | None:
-        assert self._poll is not None
-        return self._poll(self.channel)
-
-    def watch(self, waiter: asyncio.Future[None]) -> None:
-        """Resolve ``waiter`` when a message is waiting (only when ``poll`` is set).
-
-        Raises:
-            TypeError: this source cannot be polled.
-        """
-        if self._watch is None:
-            raise TypeError(_NOT_POLLED)
-        self._watch(self.channel, waiter)
-
-    def unwatch(self, waiter: asyncio.Future[None]) -> None:
-        """Forget ``waiter`` (only when ``poll`` is set).
-
-        Raises:
-            TypeError: this source cannot be polled.
-        """
-        if self._unwatch is None:
-            raise TypeError(_NOT_POLLED)
-        self._unwatch(self.channel, waiter)
-
     def __repr__(self) -> str:
-        return f"<ChannelSource {self.channel!r}{' polled' if self._poll else ''}>"
+        return f"<ChannelSource {self.channel!r}{' polled' if self.poll else ''}>"
 
 
-_NOT_POLLED = "this channel source cannot be polled: await it instead"
+def _not_polled(waiter: asyncio.Future[None]) -> None:
+    raise TypeError("this channel source cannot be polled: await it instead")
 
 
 class BaseChannelLayer:
