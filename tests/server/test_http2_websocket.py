@@ -295,3 +295,31 @@ async def test_a_websocket_stalled_on_its_window_is_reset() -> None:
     # Its echo waited in send(), which raised ClientDisconnected: the app ended there.
     assert app.received == [{"type": "websocket.receive", "text": "echo me"}]
     assert errors == []
+
+
+async def test_websockets_over_http2_are_counted_in_the_metrics() -> None:
+    from tidings import _metrics
+
+    metrics = _metrics.enable()
+    try:
+        app = EchoApp()
+        async with serve(app) as srv:
+            raw = await RawH2.open(srv.port)
+            raw.send(connect(raw, 1))
+            await raw.wait(lambda: raw.headers.get(1))
+            assert status(raw, 1) == 200
+            frame = client_frame(0x1, b"hello")
+            raw.send(DataFrame(1, data=frame))
+            await raw.wait(lambda: len(server_frames(bytes(raw.data.get(1, b"")))) == 1)
+            raw.send(DataFrame(1, data=client_frame(0x8, struct.pack("!H", 4001))))
+            await raw.wait(lambda: raw.ended(1))
+            await wait_for(lambda: app.received[-1]["type"] == "websocket.disconnect")
+            await raw.aclose()
+        snapshot = metrics.snapshot()
+    finally:
+        _metrics.disable()
+    assert snapshot["ws_accepted"] == 1
+    assert (snapshot["ws_messages_in"], snapshot["ws_messages_out"]) == (1, 1)
+    assert snapshot["ws_bytes_in"] == len(frame) + len(client_frame(0x8, b"\x0f\xa1"))
+    assert snapshot["ws_bytes_out"] == 2 + len(b"hello")  # one unmasked short frame
+    assert snapshot["closes"] == {4001: 1}

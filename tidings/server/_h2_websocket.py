@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from h2.errors import ErrorCodes
 
+from tidings import _metrics
 from tidings._asgi import (
     ACCEPTED,
     Accept,
@@ -190,11 +191,18 @@ class H2WebSocket(H2Stream):
 
     def _feed(self, core: WebSocketConnection, data: bytes) -> None:
         core.receive_data(data)
+        m = _metrics.ACTIVE
+        if m is not None:
+            m.ws_bytes_in += len(data)
         for event in core.events():
             if isinstance(event, TextMessage):
                 self._deliver({"type": "websocket.receive", "text": event.data})
+                if m is not None:
+                    m.ws_messages_in += 1
             elif isinstance(event, BytesMessage):
                 self._deliver({"type": "websocket.receive", "bytes": event.data})
+                if m is not None:
+                    m.ws_messages_in += 1
             elif isinstance(event, CloseReceived):
                 self._finish(_disconnect(event.code, event.reason))
             elif isinstance(event, ConnectionFailed):
@@ -216,6 +224,8 @@ class H2WebSocket(H2Stream):
 
     def _finish(self, message: Message) -> None:
         if self._done is None:
+            if self._core is not None and (m := _metrics.ACTIVE) is not None:
+                m.closed(message["code"])
             self._done = message
             self._wake_receiver()
 
@@ -374,7 +384,11 @@ class H2WebSocket(H2Stream):
                     core.send_bytes(data)
             except ConnectionClosedError:
                 raise ClientDisconnected("WebSocket connection is closed") from None
-            await self._out(core.data_to_send(), False)
+            out = core.data_to_send()
+            if (m := _metrics.ACTIVE) is not None:
+                m.ws_messages_out += 1
+                m.ws_bytes_out += len(out)
+            await self._out(out, False)
             return
         if self._ended and message["type"] != "websocket.close":
             raise ClientDisconnected("WebSocket connection is closed")
@@ -421,6 +435,8 @@ class H2WebSocket(H2Stream):
         self.head_sent = True
         self.response_started = True
         self.status = 200
+        if (m := _metrics.ACTIVE) is not None:
+            m.ws_accepted += 1
         self.protocol.conn.send_headers(self.stream_id, fields, end_stream=False)
         self.protocol.flush()
         core = self._core = WebSocketConnection(
