@@ -564,3 +564,26 @@ async def test_stack_composition() -> None:
     assert isinstance(stack, CookieMiddleware)
     assert isinstance(stack.inner, SessionMiddleware)
     assert isinstance(stack.inner.inner, AuthMiddleware)
+
+
+async def test_the_stack_copies_the_scope_once_and_never_touches_the_callers() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        seen.append(scope)
+
+    scope: Scope = {"type": "websocket", "path": "/ws/", "headers": []}
+    original = dict(scope)
+    stack = AuthMiddlewareStack(app)
+    await stack(scope, _no_receive, _no_send)
+    (inner,) = seen
+    assert inner is not scope
+    assert scope == original, "the caller's scope is left as it was"
+    assert {"cookies", "session", "user"} <= set(inner)
+    # Only the outermost middleware copies: the ones inside add to that copy.
+    assert isinstance(stack, CookieMiddleware) and stack.copy_scope
+    session_layer = stack.inner
+    assert isinstance(session_layer, SessionMiddleware) and not session_layer.copy_scope
+    assert isinstance(session_layer.inner, AuthMiddleware) and not session_layer.inner.copy_scope
+    # Used on their own, each still copies.
+    assert SessionMiddleware(app).copy_scope and AuthMiddleware(app).copy_scope

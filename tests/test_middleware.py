@@ -80,3 +80,55 @@ async def _never_receive() -> dict[str, Any]:
 
 async def _discard(message: Any) -> None:
     raise AssertionError("not expected to send")
+
+
+async def test_call_is_a_coroutine_function_for_servers_and_asgiref() -> None:
+    import asyncio
+    import inspect
+
+    from asgiref.compatibility import is_double_callable
+
+    app = BaseMiddleware(_Recorder())
+    assert inspect.iscoroutinefunction(BaseMiddleware.__call__)
+    assert asyncio.iscoroutinefunction(app.__call__)
+    assert not is_double_callable(app)
+
+
+async def test_a_chain_keeps_one_coroutine_however_many_links() -> None:
+    import sys
+
+    frames: list[int] = []
+
+    async def innermost(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        # Count the coroutines awaiting this one: the stack of a chain of links.
+        frame = sys._getframe(1)
+        depth = 0
+        while frame is not None:
+            depth += frame.f_code.co_name in {"chained_call", "__call__", "_start"}
+            frame = frame.f_back
+        frames.append(depth)
+        assert scope["added_by_middleware"] == "yes"
+
+    plain = BaseMiddleware(BaseMiddleware(BaseMiddleware(innermost)))
+    await plain({"type": "http", "added_by_middleware": "yes"}, _never_receive, _discard)
+    # With a subclass that overrides __call__, its code runs (and keeps its frame).
+    mixed = BaseMiddleware(_AddsKey(BaseMiddleware(innermost)))
+    await mixed({"type": "http"}, _never_receive, _discard)
+    chained, overridden = frames
+    assert overridden > chained
+
+
+async def test_copy_scope_false_adds_to_the_given_scope() -> None:
+    seen: list[Scope] = []
+
+    async def inner(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        seen.append(scope)
+
+    app = BaseMiddleware(inner)
+    scope: dict[str, Any] = {"type": "websocket"}
+    await app(scope, _never_receive, _discard)
+    app.copy_scope = False
+    await app(scope, _never_receive, _discard)
+    copied, given = seen
+    assert copied is not scope and copied == scope
+    assert given is scope

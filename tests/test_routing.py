@@ -403,3 +403,30 @@ def test_get_default_application_keeps_errors_inside_the_module() -> None:
         pytest.raises(ModuleNotFoundError, match="tidings_no_such_module_for_tests"),
     ):
         get_default_application()
+
+
+async def test_inside_a_middleware_the_router_adds_to_its_copy_not_the_callers() -> None:
+    from tidings.middleware import BaseMiddleware
+
+    app = Recorder()
+    outer_scope = ws("/room/7/", headers=[])
+    stack = BaseMiddleware(URLRouter([path("room/<int:n>/", app)]))
+    await call(stack, outer_scope)
+    assert "url_route" not in outer_scope and "path_remaining" not in outer_scope
+    assert app.scope["url_route"] == {"args": (), "kwargs": {"n": 7}}
+    assert app.scope is not outer_scope
+
+
+async def test_a_failed_nested_try_leaves_nothing_in_the_next_routes_scope() -> None:
+    from tidings.middleware import BaseMiddleware
+
+    inner_app, later = Recorder("inner"), Recorder("later")
+    router = URLRouter(
+        [
+            path("<str:first>/", URLRouter([path("x/", inner_app)])),
+            path("<str:a>/<str:b>/", later),
+        ]
+    )
+    await call(BaseMiddleware(router), ws("/p/y/"))
+    assert later.scope["url_route"] == {"args": (), "kwargs": {"a": "p", "b": "y"}}
+    assert later.scope["path_remaining"] == ""

@@ -154,11 +154,11 @@ class PolledQueue:
         self.waiters.remove(waiter)
 
 
-async def test_polled_source_gets_no_pump_and_is_taken_only_on_demand() -> None:
+async def test_no_task_per_source_and_polled_ones_are_taken_only_on_demand() -> None:
     client, layer = CountingQueue(), PolledQueue()
     before = len(asyncio.all_tasks())
     async with MessageMux([client.get, layer]) as mux:
-        assert len(asyncio.all_tasks()) == before + 1  # a pump for the client only
+        assert len(asyncio.all_tasks()) == before  # the client's calls are driven by get()
         layer.put({"n": 1})
         layer.put({"n": 2})
         assert await mux.get() == {"n": 1}
@@ -200,3 +200,160 @@ async def test_cancelled_get_unwatches_polled_sources() -> None:
         assert layer.waiters == []
         layer.put({"n": 1})
         assert await mux.get() == {"n": 1}
+
+
+async def test_get_nowait_start_wait_end_wait() -> None:
+    client, layer = CountingQueue(), PolledQueue()
+    async with MessageMux([client.get, layer]) as mux:
+        assert mux.get_nowait() is None
+        waiter = mux.start_wait()
+        assert layer.waiters == [waiter]
+        layer.put({"n": 1})
+        await asyncio.wait_for(waiter, 5)
+        mux.end_wait(waiter)
+        assert layer.waiters == []
+        assert mux.get_nowait() == {"n": 1}
+        # A client message wakes the same kind of wait, through the pump.
+        waiter = mux.start_wait()
+        client.queue.put_nowait({"from": "client"})
+        await asyncio.wait_for(waiter, 5)
+        mux.end_wait(waiter)
+        assert mux.get_nowait() == {"from": "client"}
+        assert mux.get_nowait() is None
+
+
+async def test_get_or_wait_returns_a_message_or_a_wait_it_ends_itself() -> None:
+    client, layer = CountingQueue(), PolledQueue()
+    async with MessageMux([client.get, layer]) as mux:
+        waiter = mux.get_or_wait()
+        assert isinstance(waiter, asyncio.Future) and layer.waiters == [waiter]
+        layer.put({"n": 1})
+        await asyncio.wait_for(waiter, 5)
+        assert mux.get_or_wait() == {"n": 1}
+        assert layer.waiters == [], "the next call ended the wait"
+        waiter = mux.get_or_wait()
+        client.queue.put_nowait({"from": "client"})  # woken through the pump
+        await asyncio.wait_for(waiter, 5)
+        assert mux.get_or_wait() == {"from": "client"}
+        assert client.calls == 1, "not called again before the next look"
+        waiter = mux.get_or_wait()
+        assert isinstance(waiter, asyncio.Future) and client.calls == 2
+        mux.end_wait(waiter)  # a wait that failed is ended by its caller
+        assert layer.waiters == []
+
+
+async def test_get_nowait_needs_two_sources() -> None:
+    source = CountingQueue()
+    async with MessageMux([source.get]) as mux:
+        with pytest.raises(TypeError, match="await get"):
+            mux.get_nowait()
+
+
+async def test_an_idle_mux_holds_no_event_gate_or_queue() -> None:
+    """While idle, a mux of a client and a polled layer source holds only what waits."""
+    import tracemalloc
+
+    count = 200
+    clients = [CountingQueue() for _ in range(count)]
+    layers = [PolledQueue() for _ in range(count)]
+    started = asyncio.Event()
+    ready = 0
+
+    async def consumer(client: CountingQueue, layer: PolledQueue) -> None:
+        nonlocal ready
+        async with MessageMux([client.get, layer]) as mux:
+            assert await mux.get() == {"type": "connect"}
+            ready += 1
+            if ready == count:
+                started.set()
+            await mux.get()
+
+    for client in clients:
+        client.queue.put_nowait({"type": "connect"})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        tasks = [asyncio.create_task(consumer(c, p)) for c, p in zip(clients, layers, strict=True)]
+        await asyncio.wait_for(started.wait(), 10)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    utils_file = tidings.utils.__file__
+    grown = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if stat.traceback[0].filename == utils_file
+    )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # What utils.py itself allocates per idle mux: the mux and its pump (slots) and the
+    # one waiter (about 500 bytes). Two Events, a deque and a pump task with its
+    # coroutine (about 3.4 KiB) used to be here.
+    assert grown / count < 600, f"{grown / count:.0f} bytes per idle mux"
+
+
+async def test_a_source_that_awaits_several_times_and_yields_to_the_loop() -> None:
+    steps: list[str] = []
+    other_ran = asyncio.Event()
+
+    async def slow_source() -> Message:
+        steps.append("start")
+        for _ in range(1000):  # bare yields: each must give the other task a turn
+            if other_ran.is_set():
+                break
+            await asyncio.sleep(0)
+        steps.append(f"other ran: {other_ran.is_set()}")
+        await asyncio.sleep(0.01)
+        steps.append("after sleep")
+        return {"from": "slow"}
+
+    async def other() -> None:
+        other_ran.set()
+
+    async with MessageMux([slow_source, PolledQueue()]) as mux:
+        task = asyncio.create_task(other())
+        assert await asyncio.wait_for(mux.get(), 5) == {"from": "slow"}
+        await task
+    assert steps == ["start", "other ran: True", "after sleep"]
+
+
+async def test_a_source_awaiting_a_future_of_another_loop_fails() -> None:
+    foreign = asyncio.new_event_loop()
+    try:
+
+        async def wrong_loop() -> Message:
+            await foreign.create_future()
+            raise AssertionError("never resumed")
+
+        async with MessageMux([wrong_loop, PolledQueue()]) as mux:
+            with pytest.raises(RuntimeError, match="not a future of its loop"):
+                await asyncio.wait_for(mux.get(), 5)
+    finally:
+        foreign.close()
+
+
+async def test_closing_cancels_the_call_in_progress_like_a_task() -> None:
+    seen: list[str] = []
+    waiting = asyncio.get_running_loop().create_future()
+
+    async def source() -> Message:
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        raise AssertionError("not resumed normally")
+
+    async with MessageMux([source, PolledQueue()]) as mux:
+        assert mux.get_nowait() is None
+    assert seen == ["cancelled"]
+    assert waiting.cancelled(), "the future it waited on is cancelled, as Task.cancel() does"
+    # And an asyncio.Queue's getter is withdrawn: a later put is not lost.
+    queue: asyncio.Queue[Message] = asyncio.Queue()
+    async with MessageMux([queue.get, PolledQueue()]) as mux:
+        assert mux.get_nowait() is None
+    queue.put_nowait({"kept": True})
+    assert queue.get_nowait() == {"kept": True}

@@ -41,6 +41,7 @@ models, which need the app registry, are imported where they are used.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -59,6 +60,7 @@ from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH, CSRF_
 from django.utils.crypto import constant_time_compare, get_random_string
 from django.utils.functional import LazyObject, empty
 
+from tidings._chain import start
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Scope
 from tidings.db import database_sync_to_async
 from tidings.middleware import BaseMiddleware
@@ -322,17 +324,32 @@ class AuthMiddleware(BaseMiddleware):
         if isinstance(user, UserLazyObject) and user._wrapped is empty:
             user._wrapped = await get_user(scope)
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[Any]:
         """Resolve the user, then call the inner application."""
         if scope.get("type") == "lifespan":
-            await self.inner(scope, receive, send)
-            return
-        scope = dict(scope)
+            return start(self.inner, scope, receive, send, owned=owned)
+        if self.copy_scope:
+            scope, owned = dict(scope), True
         self.populate_scope(scope)
+        return self._resolve_and_call(scope, receive, send, owned)
+
+    async def _resolve_and_call(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool
+    ) -> Any:
         await self.resolve_scope(scope)
-        await self.inner(scope, receive, send)
+        return await start(self.inner, scope, receive, send, owned=owned)
 
 
 def AuthMiddlewareStack(inner: ASGIApp) -> ASGIApp:
-    """Return ``CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))``."""
-    return CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))
+    """Return ``CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))``.
+
+    The scope is copied once, by ``CookieMiddleware``; the two inside add their
+    keys to that copy (see :attr:`~tidings.middleware.BaseMiddleware.copy_scope`).
+    """
+    auth = AuthMiddleware(inner)
+    auth.copy_scope = False
+    session = SessionMiddleware(auth)
+    session.copy_scope = False
+    return CookieMiddleware(session)

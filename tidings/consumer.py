@@ -50,13 +50,15 @@ channel; the layer is trusted, clients never choose a layer message's type.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
+from tidings._chain import chained_call
 from tidings._types import WEBSOCKET_DIRECT, ASGIReceive, ASGISend, Message, Scope
 from tidings.db import database_sync_to_async
 from tidings.exceptions import InvalidChannelLayerError, StopConsumer
@@ -116,19 +118,28 @@ class ConsumerApplication:
         self.__doc__ = consumer_class.__doc__
         self.__module__ = consumer_class.__module__
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    # See tidings._chain: no coroutine of its own per connection.
+    if TYPE_CHECKING:
+
+        async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None: ...
+
+    else:
+        __call__ = chained_call
+
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[None]:
         handle = scope.get(TRANSPORT_SESSION_KEY)
         if handle is not None:
             # A session request of tidings.transports.TransportRouter: its session
             # manager runs the instance, which outlives this one HTTP request.
-            await handle.adopt(self.run_instance, scope)
-            return
-        await self.run_instance(scope, receive, send)
+            adopted: Awaitable[None] = handle.adopt(self.run_instance, scope)
+            return adopted
+        return self.run_instance(scope, receive, send)
 
-    async def run_instance(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        """Create a consumer instance and run it for ``scope``."""
-        consumer = self.consumer_class(**self.consumer_initkwargs)
-        await consumer(scope, receive, send)
+    def run_instance(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Awaitable[None]:
+        """Create a consumer instance; return the awaitable that runs it for ``scope``."""
+        return self.consumer_class(**self.consumer_initkwargs)(scope, receive, send)
 
     def __repr__(self) -> str:
         return f"<ConsumerApplication {self.consumer_class.__qualname__}>"
@@ -183,22 +194,32 @@ class AsyncConsumer:
         """Run this instance for one connection until ``StopConsumer``."""
         self.scope = scope
         self.base_send = send
-        self._joined_groups: list[str] = []
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        sources: list[MessageSource] = [receive]
+        # This frame lives as long as the connection: it keeps no locals it doesn't need.
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-            make_source = getattr(self.channel_layer, "channel_source", None)
-            self.channel_receive = (
-                make_source(self.channel_name)
-                if make_source is not None
-                else functools.partial(self.channel_layer.receive, self.channel_name)
-            )
-            sources.append(self.channel_receive)
+            self.channel_receive = self._channel_source(self.channel_layer)
+            mux = MessageMux((receive, self.channel_receive))
+        else:
+            mux = MessageMux((receive,))
+        del receive
         try:
-            async with MessageMux(sources) as mux:
+            async with mux:
+                if self.channel_layer is None:
+                    while True:
+                        await self.dispatch(await mux.get())
                 while True:
-                    await self.dispatch(await mux.get())
+                    # mux.get() inlined: its coroutine would live as long as the wait.
+                    item = mux.get_or_wait()
+                    if isinstance(item, asyncio.Future):
+                        try:
+                            await item
+                        except BaseException:
+                            mux.end_wait(item)
+                            raise
+                    else:
+                        await self.dispatch(item)
+                    del item  # not kept while idle (the mux holds the future)
         except StopConsumer:
             pass
         finally:
@@ -207,6 +228,15 @@ class AsyncConsumer:
             await self._leave_groups_at_exit()
 
     _direct_set = False
+    #: Groups joined with join_group(), to leave at the end; made on the first join.
+    _joined_groups: list[str] | None = None
+
+    def _channel_source(self, layer: BaseChannelLayer) -> MessageSource:
+        make_source = getattr(layer, "channel_source", None)
+        if make_source is not None:
+            source: MessageSource = make_source(self.channel_name)
+            return source
+        return functools.partial(layer.receive, self.channel_name)
 
     def _allow_direct_sends(self) -> None:
         """Let the layer write group ``websocket.send`` messages straight to the socket.
@@ -269,7 +299,9 @@ class AsyncConsumer:
             InvalidChannelLayerError: there is no channel layer.
         """
         await self._require_layer().group_add(group, self.channel_name)
-        if group not in self._joined_groups:
+        if self._joined_groups is None:
+            self._joined_groups = [group]
+        elif group not in self._joined_groups:
             self._joined_groups.append(group)
 
     async def leave_group(self, group: str) -> None:
@@ -279,7 +311,7 @@ class AsyncConsumer:
             InvalidChannelLayerError: there is no channel layer.
         """
         await self._require_layer().group_discard(group, self.channel_name)
-        if group in self._joined_groups:
+        if self._joined_groups is not None and group in self._joined_groups:
             self._joined_groups.remove(group)
 
     async def _leave_groups_at_exit(self) -> None:
@@ -297,6 +329,7 @@ class AsyncConsumer:
     async def _leave_all_groups(self) -> None:
         while self._joined_groups:
             await self.leave_group(self._joined_groups[-1])
+        self._joined_groups = None
 
 
 class SyncConsumer(AsyncConsumer):

@@ -34,8 +34,8 @@ connection.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple, cast
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from asgiref.compatibility import guarantee_single_callable
 from django.conf import settings
@@ -44,6 +44,7 @@ from django.urls import URLPattern, URLResolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 from django.utils.module_loading import import_string
 
+from tidings._chain import chained_call, start
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Scope
 
 __all__ = [
@@ -138,7 +139,17 @@ class ProtocolTypeRouter:
                 self.application_mapping["mqtt"], self._routes.get("lifespan")
             )
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
+    # See tidings._chain: no coroutine per router.
+    if TYPE_CHECKING:
+
+        async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any: ...
+
+    else:
+        __call__ = chained_call
+
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[Any]:
         scope_type = scope["type"]  # no "type" at all is a KeyError, as in Channels
         try:
             application = self._routes[scope_type]
@@ -147,11 +158,15 @@ class ProtocolTypeRouter:
             raise ValueError(
                 f"No application configured for scope type {scope_type!r} (configured: {known})."
             ) from None
-        return await application(scope, receive, send)
+        return start(application, scope, receive, send, owned=owned)
 
 
 class _NoRoute(ValueError):
     """A nested URLRouter matched nothing: the router around it tries its next route."""
+
+
+_Match = tuple[str, tuple[Any, ...], dict[str, Any]]
+"""What a Django pattern's ``match`` returns: the rest of the path, args, kwargs."""
 
 
 class _Route(NamedTuple):
@@ -232,27 +247,80 @@ class URLRouter:
         self.routes = list(routes)
         self._compiled = [_compile_route(route, i) for i, route in enumerate(self.routes)]
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
+    # See tidings._chain: no coroutine per router.
+    if TYPE_CHECKING:
+
+        async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any: ...
+
+    else:
+        __call__ = chained_call
+
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[Any]:
         path = self._path_to_match(scope)
-        for route in self._compiled:
-            match = route.pattern.match(path)
-            if match is None:
-                continue
-            remaining, args, kwargs = match
-            outer = scope.get("url_route") or {}
-            url_route = {
-                "args": tuple(outer.get("args", ())) + tuple(args),
-                "kwargs": {**outer.get("kwargs", {}), **kwargs, **route.default_kwargs},
-            }
-            inner_scope = dict(scope, path_remaining=remaining, url_route=url_route)
+        found = self._match(path, 0)
+        if found is None:
+            raise self._no_route(scope)
+        route, _, match = found
+        if route.is_router:
+            # A nested router may find nothing only once awaited: keep a frame to
+            # try the next routes then.
+            return self._try_routes(scope, receive, send, path, found)
+        if owned:
+            # A copy made for this router alone: add to it rather than copy it again.
+            scope.update(self._route_keys(scope, route, match))
+        else:
+            scope = dict(scope, **self._route_keys(scope, route, match))
+        return start(route.application, scope, receive, send, owned=True)
+
+    async def _try_routes(
+        self,
+        scope: Scope,
+        receive: ASGIReceive,
+        send: ASGISend,
+        path: str,
+        found: tuple[_Route, int, _Match] | None,
+    ) -> Any:
+        while found is not None:
+            route, index, match = found
             try:
-                return await route.application(inner_scope, receive, send)
+                # A fresh copy each try: the next route must see the scope as it came.
+                inner_scope = dict(scope, **self._route_keys(scope, route, match))
+                return await start(route.application, inner_scope, receive, send, owned=True)
             except _NoRoute:
-                continue  # a router nested in this route matched nothing: try the next
+                pass  # a router nested in this route matched nothing: try the next
+            found = self._match(path, index + 1)
+        raise self._no_route(scope)
+
+    def _match(self, path: str, first: int) -> tuple[_Route, int, _Match] | None:
+        """The first route from index ``first`` on that matches ``path``."""
+        for index in range(first, len(self._compiled)):
+            route = self._compiled[index]
+            match = route.pattern.match(path)
+            if match is not None:
+                return route, index, match
+        return None
+
+    @staticmethod
+    def _route_keys(scope: Scope, route: _Route, match: _Match) -> dict[str, Any]:
+        """The keys this router adds to the scope: ``path_remaining`` and ``url_route``."""
+        remaining, args, kwargs = match
+        outer = scope.get("url_route")
+        if outer or route.default_kwargs:
+            outer = outer or {}
+            args = tuple(outer.get("args", ())) + tuple(args)
+            kwargs = {**outer.get("kwargs", {}), **kwargs, **route.default_kwargs}
+        # (Else the match's own fresh tuple and dict: one dict less per connection.)
+        url_route = {"args": tuple(args), "kwargs": kwargs}
+        return {"path_remaining": remaining, "url_route": url_route}
+
+    @staticmethod
+    def _no_route(scope: Scope) -> ValueError:
         message = f"No route found for path {scope.get('path')!r}."
         if isinstance(scope.get("path_remaining"), str):
-            raise _NoRoute(message)
-        raise ValueError(message)
+            return _NoRoute(message)
+        return ValueError(message)
 
     @staticmethod
     def _path_to_match(scope: Scope) -> str:

@@ -44,9 +44,10 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from http.cookies import SimpleCookie
 from importlib import import_module
+from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
@@ -55,6 +56,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.http.cookie import parse_cookie
 from django.utils.http import http_date
 
+from tidings._chain import start
 from tidings._types import ASGIApp, ASGIReceive, ASGISend, Message, Scope
 from tidings.db import database_sync_to_async
 from tidings.middleware import BaseMiddleware
@@ -112,19 +114,21 @@ class CookieMiddleware(BaseMiddleware):
         ValueError: the scope has no ``headers`` (and is not ``lifespan``).
     """
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        """Parse the cookies, then call the inner application."""
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[Any]:
+        """Parse the cookies, then start the inner application."""
         if _passes_through(scope):
-            await self.inner(scope, receive, send)
-            return
+            return start(self.inner, scope, receive, send, owned=owned)
         if "headers" not in scope:
             raise ValueError(
                 "CookieMiddleware was passed a scope without a 'headers' key; "
                 "use it only around HTTP or WebSocket applications."
             )
-        scope = dict(scope)
+        if self.copy_scope:
+            scope, owned = dict(scope), True
         scope["cookies"] = _parse_cookie_headers(scope["headers"])
-        await self.inner(scope, receive, send)
+        return start(self.inner, scope, receive, send, owned=owned)
 
     @staticmethod
     def set_cookie(
@@ -277,11 +281,12 @@ class SessionMiddleware(BaseMiddleware):
         ValueError: the scope has no ``cookies`` (no ``CookieMiddleware``).
     """
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        """Attach the session, then call the inner application."""
+    def _start(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend, owned: bool = False
+    ) -> Awaitable[Any]:
+        """Attach the session, then start the inner application."""
         if _passes_through(scope) or "session" in scope:
-            await self.inner(scope, receive, send)
-            return
+            return start(self.inner, scope, receive, send, owned=owned)
         if "cookies" not in scope:
             raise ValueError(
                 "No cookies in scope: SessionMiddleware must run inside CookieMiddleware "
@@ -291,12 +296,15 @@ class SessionMiddleware(BaseMiddleware):
         session_key: str | None = scope["cookies"].get(cookie_name)
         store_class: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
         session = store_class(session_key)
-        scope = dict(scope)
+        if self.copy_scope:
+            scope, owned = dict(scope), True
         scope["session"] = session
-        if scope.get("type") != "http":
-            await self.inner(scope, receive, send)
-            return
-        had_cookie = cookie_name in scope["cookies"]
+        if scope.get("type") == "http":
+            send = self._saving_send(session, send, had_cookie=cookie_name in scope["cookies"])
+        return start(self.inner, scope, receive, send, owned=owned)
+
+    def _saving_send(self, session: SessionBase, send: ASGISend, *, had_cookie: bool) -> ASGISend:
+        """``send`` that persists ``session`` on ``http.response.start`` (HTTP only)."""
 
         async def send_with_session(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -304,7 +312,7 @@ class SessionMiddleware(BaseMiddleware):
                 await self._persist(session, message, had_cookie=had_cookie)
             await send(message)
 
-        await self.inner(scope, receive, send_with_session)
+        return send_with_session
 
     @staticmethod
     async def _persist(session: SessionBase, message: Message, *, had_cookie: bool) -> None:
@@ -344,5 +352,11 @@ class SessionMiddleware(BaseMiddleware):
 
 
 def SessionMiddlewareStack(inner: ASGIApp) -> ASGIApp:
-    """Return ``CookieMiddleware(SessionMiddleware(inner))``."""
-    return CookieMiddleware(SessionMiddleware(inner))
+    """Return ``CookieMiddleware(SessionMiddleware(inner))``.
+
+    The scope is copied once, by ``CookieMiddleware``; ``SessionMiddleware``
+    adds its key to that copy (see :attr:`~tidings.middleware.BaseMiddleware.copy_scope`).
+    """
+    session = SessionMiddleware(inner)
+    session.copy_scope = False
+    return CookieMiddleware(session)

@@ -167,14 +167,14 @@ async def test_join_reports_an_existing_membership_and_refreshes_it(
     clock.advance(5)
     assert boxes.join("g", "c") is True
     assert boxes.groups == {"g": {"c": 1005.0}}
-    assert boxes.memberships == {"c": {"g"}}
+    assert boxes.memberships == {"c": "g"}  # one group: the name, no set
 
 
 async def test_leave_cleans_both_indexes(boxes: Mailboxes) -> None:
     boxes.join("room", "a")
     boxes.join("lobby", "a")
     boxes.leave("room", "a")
-    assert (boxes.groups, boxes.memberships) == ({"lobby": {"a": 1000.0}}, {"a": {"lobby"}})
+    assert (boxes.groups, boxes.memberships) == ({"lobby": {"a": 1000.0}}, {"a": "lobby"})
     boxes.leave("lobby", "a")
     boxes.leave("lobby", "a")  # not a member: nothing happens
     assert (boxes.groups, boxes.memberships) == ({}, {})
@@ -236,7 +236,7 @@ async def test_channels_rule_an_expired_member_leaves_its_groups(
     notice(boxes)
     assert set(boxes.groups) == {"g"}
     assert set(boxes.groups["g"]) == {"fast"}
-    assert boxes.memberships == {"fast": {"g"}}
+    assert boxes.memberships == {"fast": "g"}
 
 
 async def test_channels_rule_the_sweep_notices_expiry(clock: FakeClock) -> None:
@@ -336,3 +336,75 @@ def test_isolate_rebuilds_containers_and_shares_atoms() -> None:
     assert copy["blob"] is blob
     assert copy["a"] is not value["a"] and copy["a"][1]["b"][1] is not value["a"][1]["b"][1]
     assert copy["buf"] is not value["buf"] and copy["set"] is not value["set"]
+
+
+async def test_a_channel_in_several_groups_gets_a_set_and_back(boxes: Mailboxes) -> None:
+    for group in ("a", "b", "c"):
+        boxes.join(group, "ch")
+    boxes.join("a", "ch")  # again: still three
+    assert boxes.memberships == {"ch": {"a", "b", "c"}}
+    boxes.leave("b", "ch")
+    assert boxes.memberships == {"ch": {"a", "c"}}
+    boxes.leave("a", "ch")
+    assert boxes.memberships == {"ch": "c"}
+    boxes.join("d", "ch")
+    assert boxes.memberships == {"ch": {"c", "d"}}
+    boxes.leave("zz", "ch")  # not a member: nothing changes
+    assert boxes.memberships == {"ch": {"c", "d"}}
+
+
+async def test_an_idle_watched_mailbox_holds_no_deque(boxes: Mailboxes, clock: FakeClock) -> None:
+    """A consumer waiting for its next message costs its mailbox and one list slot.
+
+    Containers emptied on the hot path (woken waiter, last message taken) are kept
+    for the next message, and dropped by the next sweep that finds them empty.
+    """
+    waiter = asyncio.get_running_loop().create_future()
+    boxes.watch("c", waiter)
+    record = boxes.channels["c"]
+    assert record.queue is None and record.waiters == [waiter]
+    boxes.put("c", {"type": "m", "n": 1})
+    boxes.put("c", {"type": "m", "n": 2})
+    assert waiter.done() and not record.waiters, "woken and forgotten"
+    assert record.size() == 2
+    assert boxes.take_nowait("c") == {"type": "m", "n": 1}
+    assert boxes.take_nowait("c") == {"type": "m", "n": 2}
+    assert record.queue is not None and not record.queue, "kept for the next message"
+    again = asyncio.get_running_loop().create_future()
+    boxes.watch("c", again)
+    assert boxes.channels["c"] is record and record.waiters == [again]
+    clock.advance(EXPIRY)
+    assert boxes.take_nowait("c") is None  # runs the sweep
+    assert record.queue is None, "an emptied queue is dropped by the sweep"
+    assert record.waiters == [again], "a live waiter stays"
+    boxes.unwatch("c", again)
+    assert "c" not in boxes.channels
+
+
+async def test_the_sweep_drops_an_emptied_waiter_list(boxes: Mailboxes, clock: FakeClock) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+    boxes.watch("c", waiter)
+    record = boxes.channels["c"]
+    boxes.put("c", {"type": "m", "n": 1})  # (sweeps first) wakes the waiter: its list stays
+    assert waiter.done() and record.waiters == []
+    clock.advance(EXPIRY - 1)
+    boxes.put("c", {"type": "m", "n": 2})
+    clock.advance(1)
+    # The sweep (due now) drops message 1 (expired) and the empty list; 2 is left.
+    assert boxes.take_nowait("c") == {"type": "m", "n": 2}
+    assert record.waiters is None
+
+
+async def test_several_receivers_of_one_channel_are_served_in_order(boxes: Mailboxes) -> None:
+    takers = [asyncio.create_task(boxes.take("jobs")) for _ in range(3)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    record = boxes.channels["jobs"]
+    assert record.waiters is not None and len(record.waiters) == 3
+    takers[1].cancel()  # one in the middle gives up
+    with pytest.raises(asyncio.CancelledError):
+        await takers[1]
+    for n in range(2):
+        boxes.put("jobs", {"type": "job", "n": n})
+    assert [await takers[0], await takers[2]] == [{"type": "job", "n": 0}, {"type": "job", "n": 1}]
+    assert "jobs" not in boxes.channels

@@ -11,10 +11,11 @@ layers pass :func:`isolate`), so receivers never share a mutable object.
 State is four dicts guarded by one ``threading.Lock`` (``lock``):
 
 - ``channels``: channel name -> :class:`Mailbox` (a deque of ``(expires_at,
-  message)`` and a deque of waiting receivers' futures);
+  message)`` and a list of waiting receivers' futures, each made only when
+  first needed and dropped by the sweep once found empty);
 - ``groups``: group -> {channel: time of the last ``join``};
-- ``memberships``: channel -> groups, the reverse index, so that a channel
-  can leave all its groups at once;
+- ``memberships``: channel -> its group (a set when it has several), the
+  reverse index, so that a channel can leave all its groups at once;
 - ``direct``: channel -> the non-blocking writer of its consumer's socket
   (see *Direct delivery*).
 
@@ -120,14 +121,77 @@ def _notify(waiter: asyncio.Future[None]) -> None:
 
 
 class Mailbox:
-    """One channel's queued messages and waiting receivers."""
+    """One channel's queued messages and waiting receivers.
+
+    There is one per idle consumer (its reader waits here), so both containers
+    are made only when needed: ``queue`` is None until a message comes,
+    ``waiters`` None until someone waits. The hot paths (a consumer reading
+    group messages) keep them once emptied, since making them anew for every
+    message cost about 3 % of a delivered message's instructions; the sweep
+    drops those it finds empty. Waiters are a list (most mailboxes have one
+    reader; a deque costs ten times as much).
+    """
 
     __slots__ = ("capacity", "queue", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.queue: deque[tuple[float, Message]] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.queue: deque[tuple[float, Message]] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def size(self) -> int:
+        """How many messages are queued."""
+        return 0 if self.queue is None else len(self.queue)
+
+    def push(self, entry: tuple[float, Message]) -> None:
+        """Queue ``entry`` (the caller checked the capacity)."""
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(entry)
+
+    def pop(self) -> tuple[float, Message]:
+        """Take the first queued entry (there must be one)."""
+        assert self.queue is not None
+        entry = self.queue.popleft()
+        if not self.queue:
+            self.queue = None
+        return entry
+
+    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
+        if self.waiters is None:
+            self.waiters = [waiter]
+        else:
+            self.waiters.append(waiter)
+
+    def next_waiter(self) -> asyncio.Future[None] | None:
+        """Remove and return the first waiter, or None if nobody waits."""
+        waiters = self.waiters
+        if not waiters:
+            return None
+        waiter = waiters.pop(0)
+        if not waiters:
+            self.waiters = None
+        return waiter
+
+    def remove_waiter(self, waiter: asyncio.Future[None]) -> bool:
+        """Forget ``waiter``; return whether it was waiting."""
+        waiters = self.waiters
+        if not waiters:
+            return False
+        # Identity first (the usual case, the last one in): a failed list.remove()
+        # would compare futures with ==, and index() formats nothing either way.
+        if waiters[-1] is waiter:
+            waiters.pop()
+        else:
+            for index, other in enumerate(waiters):
+                if other is waiter:
+                    del waiters[index]
+                    break
+            else:
+                return False
+        if not waiters:
+            self.waiters = None
+        return True
 
 
 class Mailboxes:
@@ -161,7 +225,9 @@ class Mailboxes:
         self.lock = threading.Lock()
         self.channels: dict[str, Mailbox] = {}
         self.groups: dict[str, dict[str, float]] = {}
-        self.memberships: dict[str, set[str]] = {}
+        # channel -> its group, or a set of them when there are several (one set per
+        # channel would cost 200 bytes for every consumer in a single room).
+        self.memberships: dict[str, str | set[str]] = {}
         self.direct: dict[str, Callable[[Message], bool]] = {}
         self.next_sweep = -math.inf
         """When the next sweep is due (on ``clock``)."""
@@ -184,10 +250,10 @@ class Mailboxes:
                 record = self.channels[channel] = Mailbox(self.capacity_of(channel))
             elif self._drop_expired(record, now):
                 self._leave_groups(channel)
-            if len(record.queue) >= record.capacity:
+            if record.size() >= record.capacity:
                 _metrics.channel_full()
                 raise ChannelFull(f"channel {channel!r} is full ({record.capacity} messages)")
-            record.queue.append((now + self.expiry, snapshot))
+            record.push((now + self.expiry, snapshot))
             if record.waiters:
                 self._wake_one(record, loop)
 
@@ -215,14 +281,14 @@ class Mailboxes:
                     if self._drop_expired(record, now):
                         self._leave_groups(channel)
                     if record.queue:
-                        deadline, snapshot = record.queue.popleft()
+                        deadline, snapshot = record.pop()
                         if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                             m.layer_receive.observe(now + self.expiry - deadline)
                         if not record.queue and not record.waiters:
                             del self.channels[channel]
                         break
                 waiter: asyncio.Future[None] = loop.create_future()
-                record.waiters.append(waiter)
+                record.add_waiter(waiter)
             clean_up = True
             try:
                 await waiter
@@ -255,9 +321,13 @@ class Mailboxes:
                 return None
             if queue[0][0] <= now and self._drop_expired(record, now):
                 self._leave_groups(channel)
+                queue = record.queue
                 if not queue:
                     return None
+            # Mailbox.pop() inlined (this runs for every message a consumer reads).
             deadline, snapshot = queue.popleft()
+            # An emptied queue stays (making a deque per message costs more than the
+            # rest of this call); the sweep drops it if it stays empty.
             if (m := _metrics.ACTIVE) is not None:  # seconds it was queued
                 m.layer_receive.observe(now + self.expiry - deadline)
             # The mailbox stays even when empty: its reader (a MessageMux) watches it
@@ -279,7 +349,12 @@ class Mailboxes:
                 if not waiter.done():
                     waiter.set_result(None)
                 return
-            record.waiters.append(waiter)
+            # Mailbox.add_waiter() inlined (once per wait of every consumer).
+            waiters = record.waiters
+            if waiters is None:
+                record.waiters = [waiter]
+            else:
+                waiters.append(waiter)
 
     def unwatch(self, channel: str, waiter: asyncio.Future[None]) -> None:
         """Forget ``waiter`` registered by :meth:`watch` (a no-op once it was woken)."""
@@ -287,13 +362,9 @@ class Mailboxes:
             record = self.channels.get(channel)
             if record is None:
                 return
-            waiters = record.waiters
-            # Membership test first: a failed deque.remove() formats the future's repr.
-            if waiters and waiters[-1] is waiter:
-                waiters.pop()
-            elif waiter in waiters:
-                waiters.remove(waiter)
-            if not record.queue and not waiters:
+            if record.waiters:  # (else a sender took it already: the usual case)
+                record.remove_waiter(waiter)
+            if not record.queue and not record.waiters:
                 del self.channels[channel]
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
@@ -318,7 +389,13 @@ class Mailboxes:
             members = self.groups.setdefault(group, {})
             existed = channel in members
             members[channel] = now
-            self.memberships.setdefault(channel, set()).add(group)
+            groups = self.memberships.get(channel)
+            if groups is None:
+                self.memberships[channel] = group
+            elif isinstance(groups, set):
+                groups.add(group)
+            elif groups != group:
+                self.memberships[channel] = {groups, group}
             return existed
 
     def leave(self, group: str, channel: str) -> None:
@@ -387,7 +464,7 @@ class Mailboxes:
                 # An idle member (its consumer waits in this loop, nothing queued):
                 # its socket can take the message directly, after the lock.
                 send_now = direct.get(channel)
-                waiter = record.waiters[0]
+                waiter = record.waiters[0]  # (not None: tested just above)
                 if send_now is not None and waiter.get_loop() is loop and not waiter.done():
                     handed.append((record, send_now))
                     continue
@@ -415,7 +492,7 @@ class Mailboxes:
             self.groups.clear()
             self.memberships.clear()
             for channel, record in list(self.channels.items()):
-                record.queue.clear()
+                record.queue = None
                 if not record.waiters:
                     del self.channels[channel]
 
@@ -425,15 +502,25 @@ class Mailboxes:
         self, record: Mailbox, entry: tuple[float, Message], loop: asyncio.AbstractEventLoop
     ) -> None:
         """Queue a group message's ``entry`` unless the channel is full (it then misses it)."""
-        if len(record.queue) < record.capacity:
-            record.queue.append(entry)
-            if record.waiters:
-                self._wake_one(record, loop)
+        # Mailbox.size() and push() inlined: this runs for every member of a group.
+        queue = record.queue
+        if queue is None:
+            if record.capacity < 1:
+                return
+            queue = record.queue = deque()
+        elif len(queue) >= record.capacity:
+            return
+        queue.append(entry)
+        if record.waiters:
+            self._wake_one(record, loop)
 
     def _wake_one(self, record: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the first live waiter of ``record``, removing it from the waiters."""
-        while record.waiters:
-            waiter = record.waiters.popleft()
+        waiters = record.waiters
+        while waiters:
+            # Mailbox.next_waiter() inlined (most mailboxes have one waiter); the
+            # emptied list is kept for the next wait (the sweep drops it).
+            waiter = waiters.pop(0)
             if waiter.done():
                 continue
             waiter_loop = waiter.get_loop()
@@ -454,12 +541,9 @@ class Mailboxes:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Clean up after a receiver that stopped waiting without taking a message."""
-        try:
-            record.waiters.remove(waiter)
-        except ValueError:
+        if not record.remove_waiter(waiter) and record.queue:
             # A sender had already chosen this waiter: hand its wake-up on.
-            if record.queue:
-                self._wake_one(record, loop)
+            self._wake_one(record, loop)
         if not record.queue and not record.waiters and self.channels.get(channel) is record:
             del self.channels[channel]
 
@@ -470,13 +554,16 @@ class Mailboxes:
             return False
         while queue and queue[0][0] <= now:
             queue.popleft()
+        if not queue:
+            record.queue = None
         return True
 
     def _leave_groups(self, channel: str) -> None:
         """Remove ``channel`` from every group it belongs to (if the rule says so)."""
         if not self.leave_groups_on_expiry:
             return
-        for group in self.memberships.pop(channel, ()):
+        groups = self.memberships.pop(channel, ())
+        for group in (groups,) if isinstance(groups, str) else groups:
             members = self.groups.get(group)
             if members is not None:
                 members.pop(channel, None)
@@ -489,10 +576,12 @@ class Mailboxes:
         if members is not None and members.pop(channel, None) is not None and not members:
             del self.groups[group]
         groups = self.memberships.get(channel)
-        if groups is not None:
+        if groups == group:
+            del self.memberships[channel]
+        elif isinstance(groups, set):
             groups.discard(group)
-            if not groups:
-                del self.memberships[channel]
+            if len(groups) == 1:
+                self.memberships[channel] = groups.pop()
 
     def _drop_stale_memberships(self, now: float) -> None:
         """Drop memberships older than ``group_expiry``."""
@@ -513,6 +602,13 @@ class Mailboxes:
                 expired.append(channel)
             if not record.queue and not record.waiters:
                 del self.channels[channel]
+                continue
+            # Containers kept for the next message (see take_nowait and _wake_one)
+            # are dropped once a sweep finds them still empty.
+            if record.queue is not None and not record.queue:
+                record.queue = None
+            if record.waiters is not None and not record.waiters:
+                record.waiters = None
         for channel in expired:
             self._leave_groups(channel)
         self._drop_stale_memberships(now)

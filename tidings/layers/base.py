@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
 import re
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -79,12 +78,32 @@ class ChannelSource:
     Attributes:
         channel: the channel name.
         poll: None when the layer cannot be polled.
-        watch: ``watch(waiter)`` resolves ``waiter`` when a message is waiting
-            (only when ``poll`` is set).
-        unwatch: ``unwatch(waiter)`` forgets ``waiter`` (only when ``poll`` is set).
+
+    A layer passes the same ``receive``, ``poll``, ``watch`` and ``unwatch``
+    (each taking the channel name first) to all its sources, so a source costs
+    one small object per consumer.
     """
 
-    __slots__ = ("_receive", "channel", "poll", "unwatch", "watch")
+    # One per connection of a consumer: it keeps the callables it is given (shared by
+    # all the sources of a layer) and makes nothing per channel but itself.
+    __slots__ = ("_poll", "_receive", "_unwatch", "_watch", "channel")
+
+    #: ``poll()`` takes a waiting message or returns None; None if not pollable.
+    poll: Callable[[], Message | None] | None = None
+
+    def __new__(
+        cls,
+        channel: str,
+        receive: Callable[[str], Awaitable[Message]],
+        poll: Callable[[str], Message | None] | None = None,
+        watch: Callable[[str, asyncio.Future[None]], None] | None = None,
+        unwatch: Callable[[str, asyncio.Future[None]], None] | None = None,
+    ) -> ChannelSource:
+        # A pollable source is of a subclass whose poll, watch and unwatch are plain
+        # methods: a consumer calls them around every message it waits for.
+        if poll is not None and cls is ChannelSource:
+            cls = _PolledChannelSource
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -96,26 +115,57 @@ class ChannelSource:
     ) -> None:
         self.channel = channel
         self._receive = receive
-        # Partials, not methods: a consumer calls them around every message it waits for.
-        self.poll: Callable[[], Message | None] | None = (
-            None if poll is None else functools.partial(poll, channel)
-        )
-        self.watch: Callable[[asyncio.Future[None]], None] = (
-            _not_polled if watch is None else functools.partial(watch, channel)
-        )
-        self.unwatch: Callable[[asyncio.Future[None]], None] = (
-            _not_polled if unwatch is None else functools.partial(unwatch, channel)
-        )
+        self._poll = poll
+        self._watch = watch
+        self._unwatch = unwatch
 
     def __call__(self) -> Awaitable[Message]:
         return self._receive(self.channel)
 
+    def watch(self, waiter: asyncio.Future[None]) -> None:
+        """Resolve ``waiter`` when a message is waiting (only when ``poll`` is set).
+
+        Raises:
+            TypeError: this source cannot be polled.
+        """
+        if self._watch is None:
+            raise TypeError(_NOT_POLLED)
+        self._watch(self.channel, waiter)
+
+    def unwatch(self, waiter: asyncio.Future[None]) -> None:
+        """Forget ``waiter`` (only when ``poll`` is set).
+
+        Raises:
+            TypeError: this source cannot be polled.
+        """
+        if self._unwatch is None:
+            raise TypeError(_NOT_POLLED)
+        self._unwatch(self.channel, waiter)
+
     def __repr__(self) -> str:
-        return f"<ChannelSource {self.channel!r}{' polled' if self.poll else ''}>"
+        return f"<ChannelSource {self.channel!r}{' polled' if self._poll else ''}>"
 
 
-def _not_polled(waiter: asyncio.Future[None]) -> None:
-    raise TypeError("this channel source cannot be polled: await it instead")
+_NOT_POLLED = "this channel source cannot be polled: await it instead"
+
+
+class _PolledChannelSource(ChannelSource):
+    """A :class:`ChannelSource` of a layer that can be polled (made by its ``__new__``)."""
+
+    __slots__ = ()
+
+    def poll(self) -> Message | None:
+        poll = self._poll
+        assert poll is not None  # (set: that is what made this class be chosen)
+        return poll(self.channel)
+
+    def watch(self, waiter: asyncio.Future[None]) -> None:
+        assert self._watch is not None
+        self._watch(self.channel, waiter)
+
+    def unwatch(self, waiter: asyncio.Future[None]) -> None:
+        assert self._unwatch is not None
+        self._unwatch(self.channel, waiter)
 
 
 class BaseChannelLayer:

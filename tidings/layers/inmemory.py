@@ -101,6 +101,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
             capacity_of=self.get_capacity,
             leave_groups_on_expiry=True,
         )
+        # Shared by every polled ChannelSource of this layer (see channel_source).
+        mailboxes = self._mailboxes
+        self._source_calls = (
+            self.receive,
+            mailboxes.take_nowait,
+            mailboxes.watch,
+            mailboxes.unwatch,
+        )
         # Names this layer makes share one random "process" part, as a
         # multi-process layer's names do; the local part is per channel.
         self._process_part = secrets.token_hex(6)
@@ -191,10 +199,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if "!" not in channel:
             return super().channel_source(channel)
         self.require_valid_channel_name(channel)
-        mailboxes = self._mailboxes
-        return ChannelSource(
-            channel, self.receive, mailboxes.take_nowait, mailboxes.watch, mailboxes.unwatch
-        )
+        return ChannelSource(channel, *self._source_calls)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return a new process-specific channel name, ``"<prefix>.<process>!<random>"``.
