@@ -91,8 +91,14 @@ async def test_one_instance_per_capture_and_first_route_wins(
             await asyncio.to_thread(device.publish, "sensors/a/humidity", '{"h": 3}', 1)
             await wait_for(lambda: len(SEEN) >= 4, timeout=3)
     temps = [m for m in SEEN if "instance" in m]
-    assert [m["route"]["kwargs"]["device"] for m in temps] == ["a", "b", "a"]
-    assert temps[0]["instance"] == temps[2]["instance"] != temps[1]["instance"]
+    # Each capture has its instance, and instances run side by side: the order holds per
+    # instance (docs/mqtt.md), not across them.
+    by_device: dict[str, set[int]] = {}
+    for m in temps:
+        by_device.setdefault(m["route"]["kwargs"]["device"], set()).add(m["instance"])
+    assert sorted(m["route"]["kwargs"]["device"] for m in temps) == ["a", "a", "b"]
+    assert len(by_device["a"]) == len(by_device["b"]) == 1
+    assert by_device["a"] != by_device["b"]
     assert {"topic": "sensors/a/humidity", "content": {"h": 3}} in SEEN
 
 
