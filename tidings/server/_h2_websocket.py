@@ -60,6 +60,7 @@ from tidings._types import ASGIApp, Message
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._h2_stream import H2Stream
 from tidings.server._state import error_log, fmt_client
+from tidings.server._ws_handshake import disconnect as _disconnect
 from tidings.wire import (
     BytesMessage,
     CloseReceived,
@@ -85,10 +86,6 @@ _CLOSED: Final = ConnectionState.CLOSED
 _DROPPED: Final = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
 )
-
-
-def _disconnect(code: int, reason: str = "") -> Message:
-    return {"type": "websocket.disconnect", "code": code, "reason": reason}
 
 
 class H2WebSocket(H2Stream):
