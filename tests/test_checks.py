@@ -1,4 +1,5 @@
-"""System checks: ASGI_APPLICATION (E001/E002), CHANNEL_LAYERS (E003), app order (W001)."""
+"""System checks: ASGI_APPLICATION (E001/E002), CHANNEL_LAYERS (E003), TIDINGS_PRESENCE (E004),
+app order (W001)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from django.test import override_settings
 from tidings._checks import (
     check_asgi_application,
     check_channel_layers,
+    check_presence_settings,
     check_runserver_override,
 )
 
@@ -43,7 +45,12 @@ def no_asgi_setting() -> Iterator[None]:
 
 def test_checks_are_registered_by_the_app_config() -> None:
     registered = {getattr(check, "__name__", None) for check in registry.get_checks()}
-    for check in (check_asgi_application, check_channel_layers, check_runserver_override):
+    for check in (
+        check_asgi_application,
+        check_channel_layers,
+        check_presence_settings,
+        check_runserver_override,
+    ):
         assert check.__name__ in registered
 
 
@@ -160,6 +167,40 @@ def test_each_wrong_alias_is_reported() -> None:
     assert "CHANNEL_LAYERS['two']" in errors[1].msg
 
 
+# -- TIDINGS_PRESENCE -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, {}, {"TIMEOUT": 60, "HEARTBEAT_INTERVAL": 10}])
+def test_valid_presence_settings_pass(value: object) -> None:
+    with override_settings(TIDINGS_PRESENCE=value):
+        assert check_presence_settings(None) == []
+
+
+def test_unset_presence_settings_pass() -> None:
+    with override_settings():
+        if hasattr(settings, "TIDINGS_PRESENCE"):
+            del settings.TIDINGS_PRESENCE
+        assert check_presence_settings(None) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([("TIMEOUT", 5)], "TIDINGS_PRESENCE must be a dict"),
+        ({"TIMEOUTS": 5}, "TIDINGS_PRESENCE has unknown key(s) 'TIMEOUTS'"),
+        ({"TIMEOUT": -1}, "TIDINGS_PRESENCE['TIMEOUT'] must be a number > 0"),
+        ({"MAX_META_BYTES": 1.5}, "TIDINGS_PRESENCE['MAX_META_BYTES'] must be an int > 0"),
+        ({"TIMEOUT": 6, "HEARTBEAT_INTERVAL": 5}, "TIDINGS_PRESENCE['TIMEOUT']"),
+    ],
+    ids=["not-a-dict", "unknown-key", "negative", "not-an-int", "timeout-under-two-heartbeats"],
+)
+def test_wrong_presence_settings_are_e004(value: object, expected: str) -> None:
+    with override_settings(TIDINGS_PRESENCE=value):
+        (error,) = check_presence_settings(None)
+    assert error.id == "tidings.E004"
+    assert expected in error.msg
+
+
 # -- INSTALLED_APPS order -------------------------------------------------------
 
 BASE_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"]
@@ -213,4 +254,5 @@ def test_manage_check_fails_naming_the_settings() -> None:
     assert "?: (tidings.E002) ASGI_APPLICATION is " in completed.stderr
     assert "'tests.django_project.no_such_module' cannot be imported" in completed.stderr
     assert "?: (tidings.E003) CHANNEL_LAYERS['default']['BACKEND']" in completed.stderr
+    assert "?: (tidings.E004) TIDINGS_PRESENCE['SYNC_WAIT'] must be a number" in completed.stderr
     assert "Traceback" not in completed.stderr

@@ -10,6 +10,8 @@ on the first connection.
   callable; the message carries the import error.
 - ``tidings.E003`` (error): a ``CHANNEL_LAYERS`` entry is wrong; the message
   names the key, e.g. ``CHANNEL_LAYERS['default']['BACKEND']``.
+- ``tidings.E004`` (error): ``TIDINGS_PRESENCE`` is wrong (an unknown key, a value
+  out of range, ``TIMEOUT`` shorter than two heartbeats); the message names the key.
 - ``tidings.W001`` (warning): an app listed before ``"tidings"`` in
   ``INSTALLED_APPS`` provides ``runserver`` (``django.contrib.staticfiles``,
   say), so ``manage.py runserver`` is that app's and not Tidings'.
@@ -35,6 +37,7 @@ from django.core.management import find_commands
 __all__ = [
     "check_asgi_application",
     "check_channel_layers",
+    "check_presence_settings",
     "check_runserver_override",
     "register_checks",
 ]
@@ -109,6 +112,26 @@ def check_channel_layers(
     return errors
 
 
+def check_presence_settings(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``tidings.E004``: ``TIDINGS_PRESENCE`` (when set) is a valid settings dict."""
+    from tidings._presence_state import SETTING, parse_settings
+
+    try:
+        parse_settings(getattr(settings, SETTING, None))
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="See TIDINGS_PRESENCE in the operations guide: a dict of "
+                "HEARTBEAT_INTERVAL, TIMEOUT, BATCH_WINDOW, MAX_META_BYTES and SYNC_WAIT.",
+                id="tidings.E004",
+            )
+        ]
+    return []
+
+
 def _provides_command(app_config: AppConfig, name: str) -> bool:
     return name in find_commands(os.path.join(app_config.path, "management"))
 
@@ -143,4 +166,5 @@ def register_checks() -> None:
     """Register the checks with Django (``TidingsConfig.ready()`` does; repeating is harmless)."""
     register(check_asgi_application)
     register(check_channel_layers)
+    register(check_presence_settings)
     register(check_runserver_override)
