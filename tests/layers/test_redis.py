@@ -32,7 +32,7 @@ from redis.exceptions import NoPermissionError
 
 from tidings import exceptions
 from tidings.exceptions import ChannelFull, ChannelLayerUnavailable, InvalidChannelLayerError
-from tidings.layers import _redis_node, channel_layers, get_channel_layer
+from tidings.layers import _redis_hosts, _redis_node, channel_layers, get_channel_layer
 from tidings.layers import redis as redis_layer
 from tidings.layers._redis_hosts import jump_hash, parse_hosts
 from tidings.layers._redis_scripts import ENTRY_HEAD, Keys
@@ -749,6 +749,36 @@ async def test_redis_restart_mid_traffic(
     assert sum("reachable again" in message for message in messages) == 1
     await sender.send(channel, {"type": "direct"})
     assert await receive(owner, channel) == {"type": "direct"}
+
+
+async def test_a_frozen_server_is_logged_with_a_reason(
+    servers: Callable[..., RedisServer],
+    make_layer: Callable[..., RedisChannelLayer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server that stops answering (SIGSTOP: the connection stays open) ends the receive
+    # loop's step with a TimeoutError, whose message is empty: the log names the error.
+    monkeypatch.setattr(_redis_node, "READER_GRACE", 0.3)
+    monkeypatch.setattr(_redis_node, "MARKER_CHECK_INTERVAL", 0.1)
+    monkeypatch.setattr(_redis_hosts, "BLOCK_TIMEOUT", 0.3)
+    caplog.set_level(logging.WARNING, logger="tidings.layers.redis")
+    server = servers()
+    owner = make_layer(hosts=[server.url])
+    channel = await owner.new_channel()
+    await owner.group_add("room", channel)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+
+        async def lost_logged() -> bool:
+            return any("unreachable" in record.message for record in caplog.records)
+
+        await wait_until(lost_logged, "the receive loop logs the frozen server")
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    (message,) = [r.message for r in caplog.records if "unreachable" in r.message]
+    assert "unreachable (TimeoutError)" in message, message
 
 
 async def test_lost_data_without_a_disconnect_is_noticed(

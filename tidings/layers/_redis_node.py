@@ -618,13 +618,20 @@ class _InboxReader:
             logger.warning(
                 "Redis at %s is unreachable (%s); node %s retrying with backoff",
                 self.where,
-                exc,
+                _reason(exc),
                 self.side.id,
             )
         self.next_check = 0.0
         await asyncio.sleep(self.delay * (0.5 + random.random()))
         self.delay = min(self.delay * 2, BACKOFF_MAX)
         return True
+
+
+def _reason(exc: BaseException) -> str:
+    """What to log for ``exc``: its message, or its class for those without one
+    (a ``TimeoutError`` from ``asyncio.timeout`` has none)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def _run_id(client: Any) -> str | None:
