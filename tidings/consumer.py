@@ -23,7 +23,12 @@ An instance, when called with ``(scope, receive, send)``:
    ``websocket_connect(message)``, a layer message ``{"type": "chat.message"}``
    calls ``chat_message(message)``;
 4. ends when a handler raises :class:`~tidings.exceptions.StopConsumer`
-   (a signal, not an error). Any other exception propagates out of the ASGI
+   (a signal, not an error). A handler whose ``send`` failed because the
+   client is gone (the server raises an ``OSError`` subclass, as the ASGI
+   spec asks; Tidings' is ``ClientDisconnected``) ends there, and the
+   instance goes on: the server's ``websocket.disconnect`` (``http.disconnect``)
+   comes next, so ``disconnect()`` and other clean-up run, as under Daphne,
+   which drops such sends. Any other exception propagates out of the ASGI
    application: the server logs it and closes the connection (WebSocket close
    code 1011, or a 500 if no response started). Groups joined through
    :meth:`AsyncConsumer.join_group` (which the generic consumers' ``groups``
@@ -207,7 +212,11 @@ class AsyncConsumer:
             async with mux:
                 if self.channel_layer is None:
                     while True:
-                        await self.dispatch(await mux.get())
+                        try:
+                            await self.dispatch(await mux.get())
+                        except OSError:
+                            if not self._client_gone:
+                                raise
                 while True:
                     # mux.get() inlined: its coroutine would live as long as the wait.
                     item = mux.get_or_wait()
@@ -218,7 +227,13 @@ class AsyncConsumer:
                             mux.end_wait(item)
                             raise
                     else:
-                        await self.dispatch(item)
+                        try:
+                            await self.dispatch(item)
+                        except OSError:
+                            # The client left while the handler sent (see the module
+                            # docstring): its disconnect message is next.
+                            if not self._client_gone:
+                                raise
                     del item  # not kept while idle (the mux holds the future)
         except StopConsumer:
             pass
@@ -228,6 +243,8 @@ class AsyncConsumer:
             await self._leave_groups_at_exit()
 
     _direct_set = False
+    #: A send to the client raised (an OSError: the client is gone).
+    _client_gone = False
     #: Groups joined with join_group(), to leave at the end; made on the first join.
     _joined_groups: list[str] | None = None
 
@@ -279,8 +296,18 @@ class AsyncConsumer:
         return handler
 
     async def send(self, message: Message) -> None:
-        """Send an ASGI message to the client (through the server)."""
-        await self.base_send(message)
+        """Send an ASGI message to the client (through the server).
+
+        Raises:
+            OSError: the client is gone (the server's subclass of it, e.g.
+                ``ClientDisconnected``). A handler may catch it; if it does not,
+                the instance still gets the disconnect message that follows.
+        """
+        try:
+            await self.base_send(message)
+        except OSError:
+            self._client_gone = True
+            raise
 
     # -- group membership that survives errors -------------------------------
 
@@ -362,4 +389,8 @@ class SyncConsumer(AsyncConsumer):
 
     async def _send_from_loop(self, message: Message) -> None:
         # A coroutine function for async_to_sync, whatever callable the server gave.
-        await self.base_send(message)
+        try:
+            await self.base_send(message)
+        except OSError:
+            self._client_gone = True
+            raise

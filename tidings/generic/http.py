@@ -88,6 +88,9 @@ class AsyncHttpConsumer(AsyncConsumer):
         if not message.get("more_body"):
             try:
                 await self.handle(b"".join(self.body))
+            except OSError:
+                if not self._client_gone:  # the handler's own error, not a send's
+                    raise
             finally:
                 await self.disconnect()
             raise StopConsumer()
