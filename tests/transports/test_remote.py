@@ -7,6 +7,7 @@ between workers. The subprocess tests (``test_workers.py``) do the same with Red
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -73,3 +74,48 @@ async def test_a_relaying_process_that_dies_is_dropped(monkeypatch: pytest.Monke
             # A notices the silence, detaches, and the resume window runs out.
             await until(lambda: ("disconnect", 1006) in lifecycle(), timeout=5)
         assert a.sessions == 0
+
+
+async def test_a_stream_relayed_from_an_owner_that_dies_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remote, "KEEPALIVE", 0.1)
+    async with two() as (a, b):
+        sid = (await poll(a.client, a.url(ROOM, tidings="poll")))[0]["sid"]
+        send = b.url(ROOM, tidings="send", sid=sid)
+        async with sse(b.client, b.url(ROOM, tidings="sse", sid=sid)) as stream:
+            assert (await stream.next())["resumed"] is True
+            # Quiet for five keep-alive periods: the owner's keep-alives hold the stream.
+            await asyncio.sleep(0.5)
+            await send_items(b.client, send, [msg(1, "still there")], b.origin)
+            assert (await stream.next())["text"] == "still there"
+            # A, the owner, stops answering: its process died, and the session with it.
+            manager = a.router._managers
+            assert manager is not None and manager._hub is not None
+            await manager._hub.aclose()
+            # B ends the stream instead of holding the client on it for ever; the
+            # client's resume then finds no owner and gets a new session.
+            assert await stream.ended(timeout=5)
+
+
+async def test_a_detach_before_the_owner_starts_forwarding_still_detaches() -> None:
+    # The requester's "detach" can arrive between the owner's reply to "attach" and the
+    # first step of the task that forwards the session's batches (its attach timed out,
+    # say). The session must still be detached, so that its resume window runs out.
+    async with harness(resume_window=0.2) as a:
+        sid = (await poll(a.client, a.url(ROOM, tidings="poll")))[0]["sid"]
+        manager = a.router._managers
+        assert manager is not None and manager._hub is not None
+        hub = manager._hub
+        (session,) = manager.sessions.values()
+        await until(lambda: session._attachment is None)  # the poll has detached
+        attachment = session.attach(0)
+        assert attachment is not None
+        served = remote._Served(hub, attachment, "reply.elsewhere", "aid-1")
+        hub._served["aid-1"] = served
+        served.start()
+        hub._dispatch({"type": remote.MESSAGE_TYPE, "op": "detach", "aid": "aid-1"})
+        assert "aid-1" not in hub._served
+        # The resume window runs out and the session goes, with its consumer.
+        await until(lambda: a.sessions == 0, timeout=5)
+        assert sid not in str(list(manager.sessions))

@@ -25,6 +25,10 @@ foreign user and timeout all look the same to it.
 **Liveness.** A requester sends ``alive`` for its open streams every
 ``KEEPALIVE`` seconds; the owner drops a stream not heard from for three
 times that (its requester died), which starts the session's resume window.
+The owner sends ``alive`` for the streams it serves likewise, and a requester
+ends a stream not heard from for three times that (the owner died with its
+sessions): the client's connection ends, its resume finds no owner, and it is
+told so (a new session) instead of waiting on a stream nothing will ever feed.
 If forwarding fails (the requester's channel is full), the owner drops the
 stream too; the client reconnects and resumes from what it acknowledged.
 """
@@ -79,6 +83,7 @@ class RemoteAttachment:
         self._queue: deque[list[str]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._detached = False
+        self.heard = asyncio.get_running_loop().time()  # the owner's last sign of life
 
     async def next_batch(self) -> list[str]:
         """Wait for the next batch the owner forwards; ``[]`` once the stream ended."""
@@ -184,6 +189,11 @@ class _Served:
         self.stopped = True
         if self.task is not None:
             self.task.cancel()
+            # A task cancelled before its first step never runs its ``finally``: detach
+            # here too (detaching twice is harmless), or the session stays attached and
+            # never expires.
+            self.attachment.detach()
+            self.hub._served.pop(self.aid, None)
 
     async def _pump(self) -> None:
         hub = self.hub
@@ -335,12 +345,15 @@ class RemoteHub:
             stream = self._streams.get(message["aid"])
             if stream is not None:
                 stream._ended(str(message["reason"]))
-        elif op == "alive":
+        elif op == "alive":  # from a requester for streams we serve, or from their owner
             now = asyncio.get_running_loop().time()
             for aid in message["aids"]:
                 served = self._served.get(aid)
                 if served is not None:
                     served.heard = now
+                stream = self._streams.get(aid)
+                if stream is not None:
+                    stream.heard = now
         elif op == "detach":
             served = self._served.pop(message["aid"], None)
             if served is not None:
@@ -391,12 +404,21 @@ class RemoteHub:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(KEEPALIVE)
-            by_owner: dict[str, list[str]] = defaultdict(list)
+            by_peer: dict[str, list[str]] = defaultdict(list)  # owners and requesters
             for stream in self._streams.values():
-                by_owner[stream.owner].append(stream.aid)
-            for owner, aids in by_owner.items():
-                self.tell(owner, "alive", aids=aids)
+                by_peer[stream.owner].append(stream.aid)
+            for served in self._served.values():
+                by_peer[served.reply].append(served.aid)
+            for peer, aids in by_peer.items():
+                self.tell(peer, "alive", aids=aids)
             deadline = loop.time() - 3 * KEEPALIVE
+            for stream in list(self._streams.values()):
+                if stream.heard < deadline:
+                    logger.info(
+                        "Session owner %s silent; ending the connection relayed to it",
+                        stream.owner,
+                    )
+                    stream._ended("owner silent")
             for served in list(self._served.values()):
                 if served.heard < deadline:
                     logger.info(

@@ -63,6 +63,8 @@ async def _write(attachment: Attachment, send: ASGISend) -> None:
             await send({"type": "websocket.send", "text": envelope})
     if attachment.end == "superseded":
         await _close(send, SUPERSEDED, "replaced by a newer connection")
+    elif attachment.end == "owner silent":  # the owning process died (see _remote)
+        await _close(send, 1013, "session unreachable, try again")
     else:
         await _close(send, 1000, "session ended")
 
