@@ -217,6 +217,38 @@ def test_websocket_killed_after_opening_is_demoted(proxy: CuttingProxy, alice: W
     assert (got["connects"], got["disconnects"]) == (1, 0)  # one session throughout
 
 
+def test_a_demoted_websocket_is_tried_again_after_demote_for(
+    proxy: CuttingProxy, alice: WebDriver
+) -> None:
+    # Demoted to SSE (as above), the WebSocket gets another chance at the first
+    # reconnection after demoteFor: by then the trouble (a restart storm's refusals,
+    # say) may be over.
+    proxy.kill_matching(b"tidings=ws", 0.3)
+    tag = uuid.uuid4().hex
+    options = {"backoff": FAST["backoff"], "demoteFor": 1500}
+    open_harness(alice, proxy.url, f"/ws/stream/?tag={tag}", options)
+    wait_js(
+        alice,
+        "return window.conn.transport === 'sse'",
+        message="demoted to SSE",
+        describe=SUMMARY,
+    )
+    proxy.kill_rule = None  # WebSockets get through again
+    time.sleep(1.6)  # past demoteFor
+    proxy.cut_all()  # the SSE stream drops after a healthy life: reconnect
+    wait_js(
+        alice,
+        "return window.conn.transport === 'websocket' && window.conn.state === 'open'",
+        message="back on WebSocket",
+        describe=SUMMARY,
+    )
+    events = alice.execute_script("return window.conn.record.events")
+    opens = [e["detail"]["transport"] for e in events if e["type"] == "open"]
+    assert opens == ["websocket"] * 3 + ["sse", "websocket"]
+    resumed = [e["detail"]["resumed"] for e in events if e["type"] == "open"]
+    assert resumed == [False, True, True, True, True]  # one session throughout
+
+
 # --- (c) connections cut mid-stream ---------------------------------------------------------------
 
 

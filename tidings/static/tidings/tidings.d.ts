@@ -34,6 +34,8 @@ export interface ConnectOptions {
   earlyDeath?: number;
   /** Early deaths in a row that demote a streaming transport (default 3). */
   maxEarlyDeaths?: number;
+  /** ms a demoted transport is skipped before it is tried again (default 300000). */
+  demoteFor?: number;
   /** ms without a byte on an SSE stream or a poll before it counts as dead (45000). */
   idleTimeout?: number;
   /** ms to wait before acknowledging received messages (default 200). */

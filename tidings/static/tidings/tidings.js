@@ -27,7 +27,8 @@
  *   After a resume the rest is sent again; the server drops what it already has.
  * - Reconnection: a transport that fails to open is followed at once by the next
  *   one in `transports`; when a later one opens, the ones that failed are demoted
- *   for the life of the Connection. When all fail (the server is down, not a
+ *   for `demoteFor` ms (a refusal during a server's restart storm looks the same as
+ *   a proxy that blocks WebSockets, so it is tried again later). When all fail (the server is down, not a
  *   transport problem) nothing is demoted and the round starts again after a
  *   jittered exponential backoff. An HTTP 429 or 503 (the server is full) ends the
  *   round at once, and the next one waits at least the `Retry-After` it carries.
@@ -55,6 +56,7 @@ export const DEFAULTS = Object.freeze({
   openTimeout: 5000,
   earlyDeath: 5000,
   maxEarlyDeaths: 3,
+  demoteFor: 300000,
   idleTimeout: 45000,
   ackDelay: 200,
   ackEvery: 50,
@@ -515,7 +517,7 @@ export class Connection extends EventTarget {
     this._transport = null; // the transport object in use or being opened
     this._active = null; // name of the open transport
     this._lastActive = null;
-    this._demoted = new Set();
+    this._demoted = new Map(); // transport name -> when it was demoted (Date.now())
     this._failedThisRound = [];
     this._earlyDeaths = new Map();
     this._attempt = 0;
@@ -599,14 +601,24 @@ export class Connection extends EventTarget {
     return url.href;
   }
 
+  // Demoted, and not for longer than demoteFor: then it is tried again (and one more
+  // early death demotes it again at once: the count of early deaths is kept).
+  _isDemoted(name) {
+    const since = this._demoted.get(name);
+    if (since === undefined) return false;
+    if (Date.now() - since < this._options.demoteFor) return true;
+    this._demoted.delete(name);
+    return false;
+  }
+
   _firstIndex() {
-    const i = this._order.findIndex((name) => !this._demoted.has(name));
+    const i = this._order.findIndex((name) => !this._isDemoted(name));
     return i < 0 ? this._order.length - 1 : i;
   }
 
   _nextIndex(from) {
     for (let i = from + 1; i < this._order.length; i++) {
-      if (!this._demoted.has(this._order[i])) return i;
+      if (!this._isDemoted(this._order[i])) return i;
     }
     return -1;
   }
@@ -629,7 +641,7 @@ export class Connection extends EventTarget {
     clearTimeout(this._timers.open);
     this._timers.open = null;
     for (const name of this._failedThisRound) {
-      if (name !== t.name) this._demoted.add(name);
+      if (name !== t.name) this._demoted.set(name, Date.now());
     }
     this._failedThisRound = [];
     this._openedAt = Date.now();
@@ -758,7 +770,7 @@ export class Connection extends EventTarget {
         early && STREAMING.has(t.name) && deaths >= this._options.maxEarlyDeaths &&
         this._nextIndex(this._index) >= 0
       ) {
-        this._demoted.add(t.name);
+        this._demoted.set(t.name, Date.now());
       }
       index = this._firstIndex();
       if (early) delay = this._backoff();
