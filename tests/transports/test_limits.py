@@ -40,7 +40,7 @@ def test_defaults_are_the_documented_ones() -> None:
         sse_heartbeat=15.0,
         max_sessions_per_user=100,
         max_sessions=10_000,
-        remote_timeout=5.0,
+        remote_timeout=3.0,
         client_open_rate=10.0,
         client_open_burst=100,
         claim_window=10.0,

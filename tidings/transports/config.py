@@ -56,8 +56,10 @@ DEFAULT_MAX_SESSIONS_PER_USER: Final = 100
 #: (docs/transports.md says how to size the two together).
 DEFAULT_MAX_SESSIONS: Final = 10_000
 #: Seconds a worker waits for the worker that owns a session to answer through
-#: the channel layer (a Redis round trip takes about a millisecond).
-DEFAULT_REMOTE_TIMEOUT: Final = 5.0
+#: the channel layer (a Redis round trip takes about a millisecond). Under
+#: tidings.js's 5 s open timeout, which counts from the connect: when the owner
+#: died, the new session is offered while the client still waits for it.
+DEFAULT_REMOTE_TIMEOUT: Final = 3.0
 
 #: New sessions one client address (an IPv6 /64) may open per second, on
 #: average, in one process. A page opens one per load and resumes it
