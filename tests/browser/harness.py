@@ -253,6 +253,9 @@ class CuttingProxy:
     :meth:`kill_matching` adds a rule of its own, applied whether cutting or not: a
     connection whose first bytes from the client contain a pattern is aborted a
     while after it opened (a proxy that lets a WebSocket open, then kills it).
+
+    While :attr:`frozen` is true, bytes are dropped both ways and nothing is closed:
+    a host that vanished without a FIN or RST (powered off, cut off the network).
     """
 
     def __init__(
@@ -268,6 +271,7 @@ class CuttingProxy:
         self.cut_after = cut_after
         self.random = random.Random(seed)
         self.cutting = False
+        self.frozen = False
         self.kill_rule: tuple[bytes, float] | None = None
         self.cuts = 0
         self.connections = 0
@@ -417,6 +421,8 @@ class _Link:
                     with contextlib.suppress(OSError):
                         writer.write_eof()
                     return
+                if self.proxy.frozen:
+                    continue  # swallowed: the other end hears nothing, not even a close
                 rule = self.proxy.kill_rule
                 if not down and self.first and rule is not None and rule[0] in data:
                     self.kill_at = self.proxy._loop.time() + rule[1]

@@ -249,6 +249,51 @@ def test_a_demoted_websocket_is_tried_again_after_demote_for(
     assert resumed == [False, True, True, True, True]  # one session throughout
 
 
+def test_a_websocket_to_a_host_that_vanished_is_given_up_after_idle_timeout(
+    tmp_path: Path, alice: WebDriver
+) -> None:
+    # A session WebSocket gets a {} heartbeat frame after sse_heartbeat of silence, so
+    # a quiet session outlives idleTimeout; when the host vanishes without closing (the
+    # proxy swallows everything), the frames stop and the client reconnects.
+    env = {"TIDINGS_BROWSER_TRANSPORT_SETTINGS": '{"sse_heartbeat": 0.3}'}
+    with serving(APP, settings=SETTINGS, log=tmp_path / "server.log", env=env) as server:
+        proxy = CuttingProxy(server.port)
+        try:
+            tag = uuid.uuid4().hex
+            options = {"transports": ["websocket"], "idleTimeout": 1200, "backoff": {"initial": 50}}
+            open_harness(alice, proxy.url, f"/ws/stream/?tag={tag}", options)
+            time.sleep(2.5)  # quiet for twice idleTimeout: the heartbeats keep it up
+            events = alice.execute_script("return window.conn.record.events")
+            assert [e["type"] for e in events if e["type"] != "transport"] == ["open"]
+            proxy.frozen = True
+            wait_js(
+                alice,
+                "return window.conn.record.events.some((e) => e.type === 'reconnecting')",
+                timeout=5,
+                message="the silent WebSocket given up",
+                describe=SUMMARY,
+            )
+            events = alice.execute_script("return window.conn.record.events")
+            (gone,) = [e["detail"] for e in events if e["type"] == "reconnecting"][:1]
+            assert gone["reason"] == "idle timeout", gone
+            proxy.frozen = False
+            wait_js(
+                alice,
+                "return window.conn.state === 'open' && "
+                "window.conn.record.events.filter((e) => e.type === 'open').length === 2",
+                message="back through the thawed proxy",
+                describe=SUMMARY,
+            )
+            opens = [
+                e["detail"]
+                for e in alice.execute_script("return window.conn.record.events")
+                if e["type"] == "open"
+            ]
+            assert [o["resumed"] for o in opens] == [False, True]
+        finally:
+            proxy.close()
+
+
 # --- (c) connections cut mid-stream ---------------------------------------------------------------
 
 

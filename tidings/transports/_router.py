@@ -301,7 +301,7 @@ class TransportRouter(ProtocolTypeRouter):
             reason = "too many sessions, try again later"
             await _http.deny(scope, send, opening.status, reason, headers=[self._retry_after])
         elif action == "ws":
-            await websocket.serve(opening, receive, send, scope)
+            await websocket.serve(opening, receive, send, scope, self.settings)
         elif action == "sse":
             await sse.serve(opening, receive, send, scope, self.settings)
         else:

@@ -6,10 +6,13 @@ The handshake is answered only once the session is settled: for a new
 session, when its consumer accepts (a refusal answers the handshake with 403
 or the consumer's own ``websocket.http.response``); a resumed session is
 accepted at once. The first frame is the open envelope, then one text frame
-per envelope as the attachment yields them. Client frames are JSON items
-(``cseq`` messages, ``ack``, ``{"type": "close"}``), each handed to the
-session's :class:`~tidings.transports._manager.Link`; pushing waits while the
-consumer's inbox is full, so reading from the socket waits too.
+per envelope as the attachment yields them, and ``{}`` (a heartbeat the client
+ignores) after ``sse_heartbeat`` seconds without one: a browser cannot see the
+server's WebSocket pings, so ``tidings.js`` needs a frame to tell a live but
+quiet session from a host that vanished without closing (its ``idleTimeout``).
+Client frames are JSON items (``cseq`` messages, ``ack``, ``{"type": "close"}``),
+each handed to the session's :class:`~tidings.transports._manager.Link`; pushing
+waits while the consumer's inbox is full, so reading from the socket waits too.
 
 Closing codes of this transport (the session's own end is the close
 envelope, sent before): 1000 after the session ended, ``SUPERSEDED`` (4001)
@@ -21,6 +24,7 @@ detaches: the session waits for it for ``resume_window``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from tidings._types import ASGIReceive, ASGISend, Scope
@@ -29,6 +33,7 @@ from tidings.transports._manager import Link, Opening
 from tidings.transports._protocol import ProtocolError, parse_frame
 from tidings.transports._remote import RemoteTimeout
 from tidings.transports._session import Attachment
+from tidings.transports.config import TransportSettings
 
 __all__ = ["SUPERSEDED", "serve"]
 
@@ -36,8 +41,16 @@ __all__ = ["SUPERSEDED", "serve"]
 #: by a newer one of the same session.
 SUPERSEDED: Final = 4001
 
+_HEARTBEAT: Final = {"type": "websocket.send", "text": "{}"}
 
-async def serve(opening: Opening, receive: ASGIReceive, send: ASGISend, scope: Scope) -> None:
+
+async def serve(
+    opening: Opening,
+    receive: ASGIReceive,
+    send: ASGISend,
+    scope: Scope,
+    settings: TransportSettings,
+) -> None:
     """Serve one session WebSocket (its ``websocket.connect`` was already received)."""
     attachment = opening.attachment
     link = opening.link
@@ -49,14 +62,19 @@ async def serve(opening: Opening, receive: ASGIReceive, send: ASGISend, scope: S
             return
         await send({"type": "websocket.accept", "headers": decision.headers})
         await send({"type": "websocket.send", "text": opening.envelope("websocket")})
-        await race(_write(attachment, send), _read(link, receive, send))
+        await race(_write(attachment, send, settings.sse_heartbeat), _read(link, receive, send))
     finally:
         attachment.detach()
 
 
-async def _write(attachment: Attachment, send: ASGISend) -> None:
+async def _write(attachment: Attachment, send: ASGISend, heartbeat: float) -> None:
     while True:
-        batch = await attachment.next_batch()
+        try:
+            async with asyncio.timeout(heartbeat):
+                batch = await attachment.next_batch()
+        except TimeoutError:
+            await send(_HEARTBEAT)
+            continue
         if not batch:
             break
         for envelope in batch:

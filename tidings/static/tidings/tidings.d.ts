@@ -36,7 +36,7 @@ export interface ConnectOptions {
   maxEarlyDeaths?: number;
   /** ms a demoted transport is skipped before it is tried again (default 300000). */
   demoteFor?: number;
-  /** ms without a byte on an SSE stream or a poll before it counts as dead (45000). */
+  /** ms without a WebSocket frame, or a byte on an SSE stream or a poll, before it counts as dead (45000). */
   idleTimeout?: number;
   /** ms to wait before acknowledging received messages (default 200). */
   ackDelay?: number;

@@ -180,7 +180,11 @@ class WebSocketTransport {
     this.dead = false;
     this.ws = new WebSocket(url);
     this.ws.binaryType = "arraybuffer";
+    // The server sends a frame at least every sse_heartbeat (15 s), {} when idle:
+    // nothing for idleTimeout means a host that vanished without closing.
+    this.touch();
     this.ws.onmessage = (event) => {
+      this.touch();
       if (typeof event.data !== "string") return this.fail("binary frame");
       let msg;
       try {
@@ -191,6 +195,11 @@ class WebSocketTransport {
       this.host._frame(this, msg);
     };
     this.ws.onclose = (event) => this.fail(`websocket closed (${event.code})`);
+  }
+
+  touch() {
+    clearTimeout(this.idle);
+    this.idle = setTimeout(() => this.fail("idle timeout"), this.host._options.idleTimeout);
   }
 
   push(messages) {
@@ -211,6 +220,7 @@ class WebSocketTransport {
 
   stop(code = 1000, reason = "") {
     this.dead = true;
+    clearTimeout(this.idle);
     this.ws.onmessage = this.ws.onclose = null;
     try {
       this.ws.close(code, reason);
