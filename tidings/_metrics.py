@@ -103,6 +103,7 @@ LIMITS: Final = (
     "max_header_count",  # 431
     "max_body_size",  # 413
     "max_connections",  # 503
+    "max_accept_rate",  # 503 with Retry-After
     "header_timeout",  # 408
     "body_timeout",  # 408
     "application_close_timeout",  # the app's task cancelled

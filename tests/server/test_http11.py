@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tidings._types import ASGIReceive, ASGISend, Scope
+from tidings.server import _http11
 from tidings.server.config import Limits, Timeouts
 
 from . import apps
@@ -863,3 +864,33 @@ async def test_app_finishing_its_clean_up_in_time_is_not_cancelled(
     assert not cancelled
     assert not _close_timeout_warnings(caplog)
     assert not _errors(caplog)
+
+
+async def test_connections_share_their_server_address_and_client_host() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        seen.append(dict(scope))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve(app) as srv:
+        for _ in range(2):
+            async with httpx.AsyncClient() as client:  # a connection each
+                assert (await client.get(srv.url)).status_code == 204
+    first, second = seen
+    assert first["client"][1] != second["client"][1]  # two connections
+    assert first["server"] is second["server"]
+    assert first["client"][0] is second["client"][0]
+
+
+def test_the_shared_address_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client spread over endless addresses costs the table nothing past its bound."""
+    monkeypatch.setattr(_http11, "_addresses", {})
+    limit = _http11._ADDRESSES_MAX
+    hosts = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(limit + 500)]
+    shared = [_http11._shared_address(host) for host in hosts]
+    assert shared == hosts
+    assert len(_http11._addresses) == limit
+    again = "".join(["10.0.0.", "1"])  # equal, not the same object
+    assert again is not hosts[1] and _http11._shared_address(again) is shared[1]

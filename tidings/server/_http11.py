@@ -36,12 +36,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import unquote
 
 import httptools
 
 from tidings import _metrics
+from tidings.server._admission import refuse
 from tidings.server._cycle import (
     PAUSE_BODY,
     PAUSE_PIPELINE,
@@ -99,6 +100,8 @@ _MIN_BODY_RATE: Final = 500
 _BODY_HIGH_WATER: Final = 256 * 1024
 
 _OWS: Final = (b" ", b"\t")
+
+_A = TypeVar("_A", str, tuple[str, int], tuple[str, None])
 
 # The limit behind a refused request's status (431 is also --max-header-count's).
 _LIMIT_OF_STATUS: Final = {413: "max_body_size", 414: "max_header_size", 431: "max_header_size"}
@@ -159,6 +162,11 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         state = self.state
+        bucket = state.admission
+        if bucket is not None and (retry_after := bucket.admit(now := time.monotonic())):
+            self._closing = True  # over --max-accept-rate: 503 before anything is read
+            refuse(transport, bucket, retry_after, now)
+            return
         state.connections.add(self)
         if len(state.connections) > self.limits.max_connections or state.closing:
             # Over the limit, or accepted while shutting down: answer 503 and close
@@ -184,12 +192,12 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client = (str(peer[0]), int(peer[1]))
+            self.client = (_shared_address(str(peer[0])), int(peer[1]))
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple) and len(sock) >= 2:
-            self.server = (str(sock[0]), int(sock[1]))
+            self.server = _shared_address((str(sock[0]), int(sock[1])))
         elif isinstance(sock, str) and sock:
-            self.server = (sock, None)
+            self.server = _shared_address((sock, None))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -545,6 +553,10 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
         self.state.connections.discard(self)
         self._failed = True  # this object no longer parses
         handler(self, scope, trailing)
+        # The parser holds our callbacks and we hold it: without this cycle this object
+        # (and its header list) is freed now, not at a later garbage collection, so
+        # its memory goes to the next connection instead of waiting as garbage.
+        del self.parser
 
     def _h2c(self, data: bytes) -> bool:
         """Hand a connection that opened with the HTTP/2 preface to HTTP/2 (h2c)."""
@@ -646,6 +658,25 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if isinstance(cycle, RequestCycle) and cycle.task is not None:
                 cycle.task.cancel()
         self.transport.close()
+
+
+#: Socket addresses held once per process: a connection's scope carries its client's
+#: and its server's address for as long as it lives (a WebSocket, for hours), every
+#: connection to a listener has the same server address, and behind a proxy or NAT
+#: many share one client host. Bounded: past ``_ADDRESSES_MAX`` distinct values a new
+#: one stays the connection's own, so a spread of clients costs the table nothing more.
+_ADDRESSES_MAX: Final = 4096
+_addresses: dict[Any, Any] = {}
+
+
+def _shared_address(value: _A) -> _A:
+    """``value`` (a host string or an address tuple), or the equal one already held."""
+    same: _A | None = _addresses.get(value)
+    if same is not None:
+        return same
+    if len(_addresses) < _ADDRESSES_MAX:
+        _addresses[value] = value
+    return value
 
 
 def _other_target(raw: bytes) -> tuple[bytes, bytes]:

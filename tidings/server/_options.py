@@ -355,6 +355,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "open connections per worker; more get 503 and are closed",
            why="tens of thousands of idle WebSockets fit well under it on one box",
            kind=INT, bounds=(1, 10_000_000)),
+    Option("limits", "max_accept_rate", "--max-accept-rate", _LIMITS, 2000,
+           "new connections a worker takes per second (bursts as large); more get 503 "
+           "with Retry-After and are closed (0: no limit)",
+           why="the clients of a dead or restarted worker come back all at once; above "
+           "what one worker completes in a second on a small machine, so that a restart "
+           "is not slowed, while a storm or a flood is refused cheaply (nginx's "
+           "limit_conn and HAProxy's rate-limit sessions are off by default)",
+           kind=INT, bounds=(0, 10_000_000)),
     Option("limits", "max_pipeline", "--max-pipeline", _LIMITS, 16,
            "pipelined requests queued before reading pauses",
            why="responses are still written in request order; a client that pipelines "

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings import _metrics
 from tidings._types import ASGIApp
+from tidings.server._admission import AcceptRate
 from tidings.server.config import Config
 from tidings.wire import encode_message
 
@@ -136,6 +137,9 @@ class ServerState:
         self.access_log = config.access_log
         self.date_header = b""
         self.busy_logged_at = -1.0  # last "connection refused" log line
+        # --max-accept-rate's token bucket; None when the rate is not limited.
+        rate = config.limits.max_accept_rate
+        self.admission = AcceptRate(rate, time.monotonic()) if rate else None
         # App tasks whose connection is gone: task -> (deadline, what, path), for the sweep.
         self.orphans: dict[asyncio.Task[None], tuple[float, str, str]] = {}
         # Called with (http_protocol, scope, trailing_bytes) for a WebSocket upgrade.

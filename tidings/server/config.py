@@ -79,6 +79,7 @@ class Limits:
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT  # 431
     max_body_size: int = DEFAULT_MAX_BODY_SIZE  # 413
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # 503 and close
+    max_accept_rate: int = default("limits.max_accept_rate")  # 503 + Retry-After; 0: off
     max_pipeline: int = DEFAULT_MAX_PIPELINE  # reading pauses
     write_high_water: int = DEFAULT_WRITE_HIGH_WATER  # send() waits
     backlog: int = DEFAULT_BACKLOG
