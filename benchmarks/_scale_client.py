@@ -11,7 +11,16 @@ parent over stdin/stdout, one JSON object (or one word) a line:
 2. on the line ``ping`` it sends one masked text frame on every connection (at most
    ``inflight`` outstanding) and waits for each answer, then prints the round trips'
    percentiles and how many answered;
-3. on ``close`` or end of input it exits (the kernel closes the sockets).
+3. on ``listen`` (``scale_broadcast.py``) every connection stops answering and starts
+   recording the text messages it gets: per distinct payload, how many arrived and when
+   the last did (``time.monotonic``, the clock every process of the box shares); it
+   prints ``{"listening": <connections>}``. Then ``wait <seq> <seconds>`` waits until
+   every connection has the payload that starts with ``<seq> `` (or the time is up)
+   and prints ``{"seq": ..., "got": ..., "last": ...}``;
+4. on ``close`` or end of input it exits (the kernel closes the sockets).
+
+With ``"ready_text": true`` a connection counts as open only once its first text
+message arrives (the broadcast app sends ``ready`` once the consumer joined its group).
 
 The client is deliberately small: one ``asyncio.Protocol`` with ``__slots__`` per
 connection, the handshake written as one prebuilt byte string, and only the frames this
@@ -83,7 +92,8 @@ class _Conn(asyncio.Protocol):
                 return
             self.state = 1
             buf = buf[end + 4 :]
-            self._settle(True)
+            if not READY_TEXT:
+                self._settle(True)
         while len(buf) >= 2:
             size, start = buf[1] & 0x7F, 2
             if size == 126:
@@ -97,12 +107,42 @@ class _Conn(asyncio.Protocol):
             if opcode == 0x9 and self.transport is not None:  # ping: answer (§5.5.2)
                 self.transport.write(_masked(0xA, payload))
             elif opcode == 0x1:
-                self._settle(True)
+                self._text(payload)
             elif opcode == 0x8:
                 self._settle(False)
         self.buf = buf
 
+    def _text(self, payload: bytes) -> None:
+        self._settle(True)
 
+
+class _Listener(_Conn):
+    """A connection after ``listen``: records every text message, answers nothing.
+
+    Kept as lean as possible, so the clients are not what limits a broadcast: one
+    small unmasked text frame per read (the common case) is recorded without parsing.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buf and len(data) > 2 and data[0] == 0x81 and len(data) == data[1] + 2:
+            payload = data[2:]
+            COUNTS[payload] = COUNTS.get(payload, 0) + 1
+            LAST[payload] = _monotonic()
+            return
+        _Conn.data_received(self, data)
+
+    def _text(self, payload: bytes) -> None:
+        COUNTS[payload] = COUNTS.get(payload, 0) + 1
+        LAST[payload] = _monotonic()
+
+
+_monotonic = time.monotonic
+#: Per distinct text payload received while listening: how many, and when the last came.
+COUNTS: dict[bytes, int] = {}
+LAST: dict[bytes, float] = {}
+READY_TEXT = False
 REQUEST = b""
 
 
@@ -124,7 +164,7 @@ def _request(settings: dict[str, Any]) -> bytes:
 
 def _sources(first: int, count: int) -> list[str]:
     """``count`` source addresses 127.a.b.c, starting at the ``first``-th (never .0/.255)."""
-    out = []
+    out: list[str] = []
     n = first
     while len(out) < count:
         a, rest = divmod(n, 254 * 254)
@@ -247,9 +287,24 @@ async def _ping_all(settings: dict[str, Any], conns: list[_Conn]) -> dict[str, A
     }
 
 
+async def _wait_for(seq: str, seconds: float, conns: list[_Conn]) -> dict[str, Any]:
+    """Wait until every connection has the payload starting with ``seq``; say when the last came."""
+    prefix = seq.encode() + b" "
+    deadline = _monotonic() + seconds
+    want = len(conns)
+    while True:
+        keys = [key for key in COUNTS if key.startswith(prefix)]
+        got = sum(COUNTS[key] for key in keys)
+        if got >= want or _monotonic() > deadline:
+            last = max((LAST[key] for key in keys), default=None)
+            return {"seq": seq, "got": got, "last": last}
+        await asyncio.sleep(0.002)
+
+
 async def _run(settings: dict[str, Any]) -> None:
-    global REQUEST
+    global REQUEST, READY_TEXT
     REQUEST = _request(settings)
+    READY_TEXT = bool(settings.get("ready_text"))
     loop = asyncio.get_running_loop()
     conns: list[_Conn] = []
     print(json.dumps(await _connect_all(settings, conns)), flush=True)
@@ -259,6 +314,17 @@ async def _run(settings: dict[str, Any]) -> None:
         line = (await reader.readline()).strip()
         if line == b"ping":
             print(json.dumps(await _ping_all(settings, conns)), flush=True)
+        elif line == b"listen":
+            conns[:] = [conn for conn in conns if conn.state == 1]
+            for conn in conns:
+                conn.__class__ = _Listener
+                # uvloop keeps the protocol's bound data_received: hand it the new one.
+                assert conn.transport is not None
+                conn.transport.set_protocol(conn)
+            print(json.dumps({"listening": len(conns)}), flush=True)
+        elif line.startswith(b"wait "):
+            _, seq, seconds = line.decode().split()
+            print(json.dumps(await _wait_for(seq, float(seconds), conns)), flush=True)
         else:  # "close" or end of input
             return
 

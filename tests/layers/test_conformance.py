@@ -20,6 +20,7 @@ from asgiref.sync import async_to_sync
 from tests.layers.conftest import LayerBackend
 from tidings.exceptions import ChannelFull
 from tidings.layers import BaseChannelLayer
+from tidings.layers.base import ChannelSource
 
 # A guard against hanging forever when a test fails; never what a test waits for.
 GUARD = 5.0
@@ -483,6 +484,14 @@ async def test_channel_source_receives_and_polls(layer: BaseChannelLayer) -> Non
         await asyncio.sleep(0.01)
     assert got == {"type": "two"}
     assert source.poll() is None
+
+
+async def test_channel_sources_share_their_layer_s_callables(layer: BaseChannelLayer) -> None:
+    """A consumer's source holds no bound method of its own (memory per connection)."""
+    first, second = [layer.channel_source(await layer.new_channel()) for _ in range(2)]
+    for name in ChannelSource.__slots__:
+        if name != "channel":
+            assert getattr(first, name) is getattr(second, name), name
 
 
 async def test_channel_source_of_a_normal_channel_is_not_polled(layer: BaseChannelLayer) -> None:

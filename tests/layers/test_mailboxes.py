@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -318,6 +319,36 @@ async def test_direct_senders_get_idle_members_websocket_sends(boxes: Mailboxes)
     boxes.set_direct("idle", None)
     boxes.set_direct("idle", None)
     assert set(boxes.direct) == {"refusing", "busy"}
+
+
+async def test_a_direct_fan_out_allocates_nothing_per_member(boxes: Mailboxes) -> None:
+    # Objects the garbage collector tracks, alive at once, count towards its collections;
+    # thousands per broadcast set off full collections (a pass over every object of the
+    # process, a pause of all its connections). The fan-out holds none per member.
+    members = 2000
+    counts: list[int] = []
+
+    def send_now(message: Message) -> bool:
+        counts.append(gc.get_count()[0])
+        return True
+
+    waiting = [asyncio.create_task(boxes.take(f"c{n}")) for n in range(members)]
+    await asyncio.sleep(0)
+    for n in range(members):
+        boxes.join("g", f"c{n}")
+        boxes.set_direct(f"c{n}", send_now)
+    message: Message = {"type": "websocket.send", "text": "hi"}
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        boxes.group_put("g", message)
+    finally:
+        gc.enable()
+    assert len(counts) == members
+    assert max(counts) - before < members // 10
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
 
 
 # -- isolate -----------------------------------------------------------------------

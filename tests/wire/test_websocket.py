@@ -13,7 +13,7 @@ import tidings.wire
 from tests.wire.test_frames import client_frame
 from tidings.wire import websocket
 from tidings.wire.deflate import PerMessageDeflate
-from tidings.wire.frames import ConnectionClosedError, Opcode, encode_message
+from tidings.wire.frames import ConnectionClosedError, Opcode, encode_frame, encode_message
 from tidings.wire.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
     BytesMessage,
@@ -331,7 +331,7 @@ def test_a_partial_message_holds_its_payload_and_no_more() -> None:
     assert feed(conn, b"".join(client_frame(CONT, b"x", fin=False) for _ in range(4999))) == []
     assert conn._frag_buffer == bytearray(b"x" * 5000)
     assert feed(conn, client_frame(CONT, b"")) == [BytesMessage(b"x" * 5000)]
-    assert conn._frag_buffer == bytearray()
+    assert conn._frag_buffer is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -542,6 +542,40 @@ def test_send_encoded_for_broadcasts() -> None:
     for conn in (plain, compressed):
         conn.send_encoded(frame)
         assert conn.data_to_send() == frame
+
+
+def test_send_shared_returns_the_shared_frame_when_nothing_is_queued() -> None:
+    frame = encode_message("to everyone")
+    conn = WebSocketConnection()
+    assert conn.send_shared("to everyone", frame) is frame
+    assert conn.data_to_send() == b""
+
+
+def test_send_shared_keeps_the_order_of_what_is_queued() -> None:
+    conn = WebSocketConnection()
+    conn.receive_data(client_frame(PING, b"p"))
+    frame = encode_message(b"\x01\x02")
+    pong = encode_frame(Opcode.PONG, b"p")
+    assert conn.send_shared(b"\x01\x02", frame) == pong + frame
+    assert conn.data_to_send() == b""
+
+
+def test_send_shared_compresses_on_a_compressing_connection() -> None:
+    for data in ("x" * 200, b"y" * 200):
+        conn = WebSocketConnection(deflate=PerMessageDeflate(min_size=0))
+        sent = conn.send_shared(data, encode_message(data))
+        assert sent != encode_message(data)
+        ((opcode, fin, rsv1, payload),) = server_frames(sent)
+        assert (opcode, fin, rsv1) == (TEXT if isinstance(data, str) else BINARY, True, True)
+        plain = data.encode() if isinstance(data, str) else data
+        assert zlib.decompressobj(-15).decompress(payload + TAIL) == plain
+
+
+def test_send_shared_needs_an_open_connection() -> None:
+    conn = WebSocketConnection()
+    conn.close()
+    with pytest.raises(ConnectionClosedError, match="CLOSING"):
+        conn.send_shared("x", encode_message("x"))
 
 
 # --- permessage-deflate ----------------------------------------------------------------
@@ -811,3 +845,44 @@ def test_fast_path_events_are_ordinary_frozen_events() -> None:
     assert repr(text) == "TextMessage(data='hi')"
     with pytest.raises(AttributeError):
         text.data = "changed"  # type: ignore[misc]
+
+
+def _held(conn: WebSocketConnection) -> tuple[object, ...]:
+    """What a connection holds per connection besides its settings, None when idle."""
+    return (conn._parser, conn._events, conn._out, conn._frag_buffer)
+
+
+def test_an_idle_connection_holds_no_parser_buffer_or_list() -> None:
+    conn = WebSocketConnection()
+    assert _held(conn) == (None, None, None, None)
+    assert conn.events() == [] and conn.data_to_send() == b""
+    # The fast path, both ways: nothing is left behind once collected.
+    assert feed(conn, client_frame(TEXT, b"hi")) == [TextMessage("hi")]
+    conn.send_text("hi")
+    conn.send_bytes(b"\x00")
+    assert server_frames(conn.data_to_send()) == [(TEXT, True, False, b"hi"),
+                                                  (BINARY, True, False, b"\x00")]  # fmt: skip
+    assert _held(conn) == (None, None, None, None)
+    # The general path: a parser while a partial frame is buffered, a buffer while a
+    # fragmented message is pending, then nothing again.
+    frame = client_frame(TEXT, b"partial")
+    assert feed(conn, frame[:3]) == []
+    assert conn._parser is not None and conn._parser.buffered == 3
+    assert feed(conn, frame[3:] + client_frame(TEXT, b"a", fin=False)) == [TextMessage("partial")]
+    assert conn._parser is None and conn._frag_buffer == bytearray(b"a")
+    assert feed(conn, client_frame(PING, b"p") + client_frame(CONT, b"b")) == [
+        PingReceived(b"p"),
+        TextMessage("ab"),
+    ]
+    assert conn.data_to_send() == encode_frame(Opcode.PONG, b"p")
+    assert _held(conn) == (None, None, None, None)
+
+
+def test_events_of_several_chunks_are_kept_until_collected() -> None:
+    conn = WebSocketConnection()
+    conn.receive_data(client_frame(TEXT, b"one"))
+    conn.receive_data(client_frame(BINARY, b"two"))
+    conn.receive_data(client_frame(PING, b"") + client_frame(TEXT, b"three"))
+    assert conn.events() == [TextMessage("one"), BytesMessage(b"two"), PingReceived(b""),
+                             TextMessage("three")]  # fmt: skip
+    assert conn.events() == []

@@ -419,9 +419,11 @@ class Mailboxes:
             if not members:
                 return
             entry = (now + self.expiry, snapshot)
-            handed = self._fan_out(group, members, entry, now, direct, loop)
-        direct_sent = len(handed)
-        for record, send_now in handed:
+            records: list[Mailbox] = []
+            senders: list[Callable[[Message], bool]] = []
+            self._fan_out(group, members, entry, now, direct, loop, records, senders)
+        direct_sent = len(senders)
+        for record, send_now in zip(records, senders, strict=True):
             if not send_now(snapshot):
                 # The socket could not take it now (slow client, closing): queue it as
                 # usual; the consumer's websocket_send handler will send it.
@@ -440,12 +442,19 @@ class Mailboxes:
         now: float,
         direct: dict[str, Callable[[Message], bool]] | None,
         loop: asyncio.AbstractEventLoop,
-    ) -> list[tuple[Mailbox, Callable[[Message], bool]]]:
-        """Under the lock: queue ``entry`` for ``members``; return the idle direct ones."""
+        records: list[Mailbox],
+        senders: list[Callable[[Message], bool]],
+    ) -> None:
+        """Under the lock: queue ``entry`` for ``members``, but for the idle direct ones.
+
+        Those go to ``records`` and their writers to ``senders``, at the same index: two
+        lists, not a list of pairs, as a pair per member is an object to allocate and
+        free, and thousands of them per broadcast set off the garbage collector's full
+        collections (each a pass over every object of the process).
+        """
         channels = self.channels
         joined_after = now - self.group_expiry
         leave_on_expiry = self.leave_groups_on_expiry
-        handed: list[tuple[Mailbox, Callable[[Message], bool]]] = []
         stale: list[str] = []
         expired: list[str] = []
         for channel, joined in members.items():
@@ -466,14 +475,14 @@ class Mailboxes:
                 send_now = direct.get(channel)
                 waiter = record.waiters[0]  # (not None: tested just above)
                 if send_now is not None and waiter.get_loop() is loop and not waiter.done():
-                    handed.append((record, send_now))
+                    records.append(record)
+                    senders.append(send_now)
                     continue
             self._offer(record, entry, loop)
         for channel in stale:
             self._remove_membership(group, channel)
         for channel in expired:
             self._leave_groups(channel)
-        return handed
 
     def live_memberships(self) -> list[tuple[str, str, float]]:
         """Drop memberships past ``group_expiry``; list the rest as ``(group, channel, age)``."""

@@ -251,6 +251,10 @@ class RedisChannelLayer(BaseChannelLayer):
             capacity_of=self.get_capacity,
             leave_groups_on_expiry=False,
         )
+        # Shared by every polled ChannelSource of this layer (see channel_source): bound
+        # methods made once, not four per consumer.
+        mailboxes = self._mailboxes
+        self._source_calls = (self.receive, self._poll, mailboxes.watch, mailboxes.unwatch)
         # Shards, clients, receive loops and full reports.
         self._receiver = NodeReceiver(
             self._node,
@@ -356,8 +360,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         if "!" not in channel or node_of_channel(channel) != self._node:
             return ChannelSource(channel, self.receive)
-        mailboxes = self._mailboxes
-        return ChannelSource(channel, self.receive, self._poll, mailboxes.watch, mailboxes.unwatch)
+        return ChannelSource(channel, *self._source_calls)
 
     def set_direct(self, channel: str, send_now: Callable[[Message], bool] | None) -> None:
         """Direct delivery of ``websocket.send`` group messages to a socket of this node.

@@ -44,7 +44,6 @@ UTF-8 of fragmented text is validated incrementally so an invalid fragment fails
 from __future__ import annotations
 
 import codecs
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -187,9 +186,9 @@ _OPEN = ConnectionState.OPEN
 _CLOSING = ConnectionState.CLOSING
 _CLOSED = ConnectionState.CLOSED
 _TEXT = Opcode.TEXT
+#: Marks ``_frag_opcode`` of a compressed fragmented message (RSV1's place in byte 0).
+_COMPRESSED = 0x40
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-# When deflate is off, "compress messages of at least this size" must never hold.
-_NEVER = sys.maxsize
 
 
 class WebSocketConnection:
@@ -208,17 +207,14 @@ class WebSocketConnection:
     """
 
     __slots__ = (
-        "_close_code",
-        "_close_reason",
         "_close_sent",
-        "_compress_min",
+        "_closed_with",
         "_decoder",
         "_deflate",
         "_events",
         "_fast_max",
         "_fast_max16",
         "_frag_buffer",
-        "_frag_compressed",
         "_frag_count",
         "_frag_opcode",
         "_frame_limit",
@@ -246,23 +242,27 @@ class WebSocketConnection:
         if max_frame_size is not None:
             frame_limit = min(max_frame_size, max_message_size)
         self._max_message_size = max_message_size
-        self._parser = FrameParser(max_frame_size=frame_limit, allow_rsv1=deflate is not None)
+        # Made when a chunk needs it and kept only while it holds a partial frame: the
+        # fast path needs none, so an idle connection holds no parser.
+        self._parser: FrameParser | None = None
         self._deflate = deflate
-        self._compress_min = _NEVER if deflate is None else deflate.min_size
-        self._events: list[Event] = []
+        # Events not yet collected by events(); None, not an empty list, while there
+        # are none (so an idle connection holds no list).
+        self._events: list[Event] | None = None
         # Queued output, one bytes object per frame: appending and joining once is cheaper
-        # than growing a bytearray and copying it out.
-        self._out: list[bytes] = []
+        # than growing a bytearray and copying it out. None while nothing is queued (an
+        # idle connection holds no list): see _queue.
+        self._out: list[bytes] | None = None
         self._state = _OPEN
         self._close_sent = False
-        self._close_code: int | None = None
-        self._close_reason = ""
-        # The fragmented message being reassembled (RFC 6455 §5.4); opcode 0 = none.
+        self._closed_with: tuple[int, str] | None = None  # close code and reason
+        # The fragmented message being reassembled (RFC 6455 §5.4): its opcode, plus
+        # _COMPRESSED if its first frame had RSV1 (RFC 7692 §6); 0 = none.
         # One growing buffer, not a list of fragments: a fragment costs its payload
         # bytes and nothing more, so a flood of tiny or empty ones holds no memory.
+        # None between fragmented messages.
         self._frag_opcode = 0
-        self._frag_compressed = False
-        self._frag_buffer = bytearray()
+        self._frag_buffer: bytearray | None = None
         self._frag_count = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         self._frame_limit = frame_limit
@@ -280,12 +280,14 @@ class WebSocketConnection:
     def close_code(self) -> int | None:
         """Why the connection ended: the client's code (1005 if none), the code we failed
         it with, or 1006 after EOF; None until then."""
-        return self._close_code
+        closed = self._closed_with
+        return None if closed is None else closed[0]
 
     @property
     def close_reason(self) -> str:
         """The reason text matching ``close_code`` ("" if none)."""
-        return self._close_reason
+        closed = self._closed_with
+        return "" if closed is None else closed[1]
 
     # --- input ------------------------------------------------------------------
 
@@ -319,27 +321,40 @@ class WebSocketConnection:
             else:
                 self._receive_frames(data)
                 return
+            event: Event
             if data[0] == 0x82:
-                binary = _new_object(BytesMessage)
-                _set_bytes_data(binary, payload)
-                self._events.append(binary)
-                return
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                self._fail(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
-                return
-            message = _new_object(TextMessage)
-            _set_text_data(message, text)
-            self._events.append(message)
+                event = _new_object(BytesMessage)
+                _set_bytes_data(event, payload)
+            else:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._fail(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
+                    return
+                event = _new_object(TextMessage)
+                _set_text_data(event, text)
+            events = self._events
+            if events is None:
+                self._events = [event]
+            else:
+                events.append(event)
             return
         self._receive_frames(data)
 
     def events(self) -> list[Event]:
         """The events produced since the last call, in order (a new list each time)."""
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
+
+    def _event(self, event: Event) -> None:
+        events = self._events
+        if events is None:
+            self._events = [event]
+        else:
+            events.append(event)
 
     def _receive_frames(self, data: bytes) -> None:
         """The general path: any chunk, through the incremental frame parser."""
@@ -348,10 +363,15 @@ class WebSocketConnection:
         if not data:
             # RFC 6455 §7.1.5: the TCP connection closed without a close frame: 1006.
             self._set_closed(1006, "")  # CloseCode.ABNORMAL_CLOSURE
-            self._events.append(ConnectionLost())
+            self._event(ConnectionLost())
             return
+        parser = self._parser
+        if parser is None:
+            parser = FrameParser(
+                max_frame_size=self._frame_limit, allow_rsv1=self._deflate is not None
+            )
         try:
-            for opcode, fin, rsv1, payload in self._parser.feed(data):
+            for opcode, fin, rsv1, payload in parser.feed(data):
                 if opcode >= 0x8:
                     self._on_control(opcode, payload)
                     if self._state is _CLOSED:
@@ -361,9 +381,9 @@ class WebSocketConnection:
                 # else: §5.5.1, we sent close; data frames are discarded.
         except ProtocolError as exc:
             self._fail(exc.code, exc.reason)
-        self._set_fast_path(
-            self._state is _OPEN and not self._frag_opcode and not self._parser.buffered
-        )
+        buffered = parser.buffered
+        self._parser = parser if buffered else None
+        self._set_fast_path(self._state is _OPEN and not self._frag_opcode and not buffered)
 
     def _set_fast_path(self, enabled: bool) -> None:
         """Allow the single-frame fast path (within the frame limit) or turn it off."""
@@ -391,8 +411,7 @@ class WebSocketConnection:
         if fin:
             self._deliver(opcode, rsv1, payload)
             return
-        self._frag_opcode = opcode
-        self._frag_compressed = rsv1
+        self._frag_opcode = (opcode | _COMPRESSED) if rsv1 else opcode
         self._frag_count = 0
         if opcode == _TEXT and not rsv1:
             # Validate as fragments arrive so an invalid one fails at once (§8.1).
@@ -401,6 +420,8 @@ class WebSocketConnection:
 
     def _add_fragment(self, payload: bytes) -> None:
         buffer = self._frag_buffer
+        if buffer is None:
+            buffer = self._frag_buffer = bytearray()
         if len(buffer) + len(payload) > self._max_message_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big")
         self._frag_count += 1
@@ -421,12 +442,13 @@ class WebSocketConnection:
                 raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
 
     def _finish_fragmented(self) -> None:
-        opcode = self._frag_opcode
+        opcode = self._frag_opcode & ~_COMPRESSED
+        compressed = (self._frag_opcode & _COMPRESSED) != 0
         decoder = self._decoder
-        payload = bytes(self._frag_buffer)
+        payload = bytes(self._frag_buffer or b"")
         self._frag_opcode = 0
         self._decoder = None
-        self._frag_buffer = bytearray()
+        self._frag_buffer = None
         if decoder is not None:
             try:
                 decoder.decode(b"", True)
@@ -434,9 +456,9 @@ class WebSocketConnection:
                 raise ProtocolError(
                     CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message ends inside a character"
                 )
-            self._events.append(TextMessage(payload.decode("utf-8")))
+            self._event(TextMessage(payload.decode("utf-8")))
             return
-        self._deliver(opcode, self._frag_compressed, payload)
+        self._deliver(opcode, compressed, payload)
 
     def _deliver(self, opcode: int, compressed: bool, payload: bytes) -> None:
         """A complete message, possibly compressed (RFC 7692 §6.2)."""
@@ -446,46 +468,45 @@ class WebSocketConnection:
             payload = self._deflate.decompress(payload, max_size=self._max_message_size)
         if opcode == _TEXT:
             try:
-                self._events.append(TextMessage(payload.decode("utf-8")))
+                self._event(TextMessage(payload.decode("utf-8")))
             except UnicodeDecodeError:
                 raise ProtocolError(CloseCode.INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8 in text")
         else:
-            self._events.append(BytesMessage(payload))
+            self._event(BytesMessage(payload))
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         """A control frame; may arrive between fragments of a message (RFC 6455 §5.4)."""
         if opcode == Opcode.PING:
-            self._events.append(PingReceived(payload))
+            self._event(PingReceived(payload))
             if not self._close_sent:
                 # §5.5.2: answer with a pong carrying the same application data.
-                self._out.append(encode_frame(Opcode.PONG, payload))
+                self._queue(encode_frame(Opcode.PONG, payload))
         elif opcode == Opcode.PONG:
-            self._events.append(PongReceived(payload))
+            self._event(PongReceived(payload))
         else:
             code, reason = parse_close_payload(payload)
             if not self._close_sent:
                 # §5.5.1: echo the status code received (none if there was none).
                 echo = b"" if code == CloseCode.NO_STATUS_RCVD else code.to_bytes(2, "big")
-                self._out.append(encode_frame(Opcode.CLOSE, echo))
+                self._queue(encode_frame(Opcode.CLOSE, echo))
                 self._close_sent = True
             self._set_closed(code, reason)
-            self._events.append(CloseReceived(code, reason))
+            self._event(CloseReceived(code, reason))
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7) with close ``code``."""
         if not self._close_sent:
-            self._out.append(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
+            self._queue(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
             self._close_sent = True
         self._set_closed(code, reason)
-        self._events.append(ConnectionFailed(code, reason))
+        self._event(ConnectionFailed(code, reason))
 
     def _set_closed(self, code: int, reason: str) -> None:
         self._state = _CLOSED
-        self._close_code = code
-        self._close_reason = reason
+        self._closed_with = (code, reason)
         self._set_fast_path(False)
         self._frag_opcode = 0
-        self._frag_buffer = bytearray()
+        self._frag_buffer = None
         self._decoder = None
 
     # --- output -----------------------------------------------------------------
@@ -493,13 +514,20 @@ class WebSocketConnection:
     def data_to_send(self) -> bytes:
         """Everything queued for the client since the last call (``b""`` if nothing)."""
         out = self._out
-        if len(out) == 1:
-            return out.pop()
-        if not out:
+        if out is None:
             return b""
-        data = b"".join(out)
-        out.clear()
-        return data
+        self._out = None
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def _queue(self, frame: bytes) -> None:
+        """Queue one frame for ``data_to_send``."""
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)
 
     def _check_open(self) -> None:
         if self._state is not _OPEN:
@@ -521,12 +549,18 @@ class WebSocketConnection:
             self._check_open()
         payload = data.encode("utf-8")
         n = len(payload)
-        if n >= self._compress_min:
+        deflate = self._deflate
+        if deflate is not None and n >= deflate.min_size:
             self._send_compressed(Opcode.TEXT, payload)
         elif n < 126:
-            self._out.append(TEXT_HEADERS[n] + payload)
+            frame = TEXT_HEADERS[n] + payload
+            out = self._out
+            if out is None:
+                self._out = [frame]
+            else:
+                out.append(frame)
         else:
-            self._out.append(encode_frame(Opcode.TEXT, payload))
+            self._queue(encode_frame(Opcode.TEXT, payload))
 
     def send_bytes(self, data: bytes) -> None:
         """Queue a binary message (compressed if deflate is on and it is long enough).
@@ -537,17 +571,23 @@ class WebSocketConnection:
         if self._state is not _OPEN:
             self._check_open()
         n = len(data)
-        if n >= self._compress_min:
+        deflate = self._deflate
+        if deflate is not None and n >= deflate.min_size:
             self._send_compressed(Opcode.BINARY, data)
         elif n < 126:
-            self._out.append(BINARY_HEADERS[n] + data)
+            frame = BINARY_HEADERS[n] + data
+            out = self._out
+            if out is None:
+                self._out = [frame]
+            else:
+                out.append(frame)
         else:
-            self._out.append(encode_frame(Opcode.BINARY, data))
+            self._queue(encode_frame(Opcode.BINARY, data))
 
     def _send_compressed(self, opcode: int, payload: bytes) -> None:
         # RFC 7692 §6: RSV1 on the (only) frame marks the message as compressed.
         assert self._deflate is not None
-        self._out.append(encode_frame(opcode, self._deflate.compress(payload), rsv1=True))
+        self._queue(encode_frame(opcode, self._deflate.compress(payload), rsv1=True))
 
     def send_encoded(self, frame: bytes) -> None:
         """Queue bytes that are already one or more complete frames, as is.
@@ -561,7 +601,37 @@ class WebSocketConnection:
         """
         if self._state is not _OPEN:
             self._check_open()
-        self._out.append(frame)
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)
+
+    def send_shared(self, data: str | bytes, frame: bytes) -> bytes:
+        """Queue the message ``data``, whose frame ``frame`` is shared; return what to send now.
+
+        For direct delivery of a broadcast, where every member's socket costs one call:
+        ``frame`` is ``frames.encode_message(data)``, encoded once for all members. An
+        uncompressed connection sends it as is; a compressing one compresses ``data`` as
+        ``send_text``/``send_bytes`` do. Returns ``data_to_send()`` afterwards: ``frame``
+        itself when nothing else was queued.
+
+        Raises:
+            ConnectionClosedError: the connection is not OPEN.
+            UnicodeEncodeError: ``data`` contains lone surrogates (compressing only).
+        """
+        if self._state is not _OPEN:
+            self._check_open()
+        out = self._out
+        if self._deflate is None:
+            if not out:
+                return frame
+            out.append(frame)
+        elif isinstance(data, str):
+            self.send_text(data)
+        else:
+            self.send_bytes(data)
+        return self.data_to_send()
 
     def send_ping(self, data: bytes = b"") -> None:
         """Queue a ping (RFC 6455 §5.5.2).
@@ -585,7 +655,7 @@ class WebSocketConnection:
         self._check_open()
         if len(data) > MAX_CONTROL_PAYLOAD:
             raise ValueError("control frame payload longer than 125 bytes")
-        self._out.append(encode_frame(opcode, data))
+        self._queue(encode_frame(opcode, data))
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 §7.1.2): queue a close frame, go CLOSING.
@@ -598,7 +668,7 @@ class WebSocketConnection:
         """
         if self._close_sent or self._state is _CLOSED:
             return
-        self._out.append(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
+        self._queue(encode_frame(Opcode.CLOSE, encode_close_payload(code, reason)))
         self._close_sent = True
         self._state = _CLOSING
         self._set_fast_path(False)
