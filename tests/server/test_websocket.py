@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import gc
 import logging
 import os
 import shutil
 import ssl
 import struct
 import subprocess
+import tracemalloc
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -995,3 +999,147 @@ async def test_many_connections_echo_concurrently() -> None:
     async with serve(echo) as srv:
         await asyncio.wait_for(asyncio.gather(*(client(srv, i) for i in range(20))), 30)
         await wait_for(lambda: srv.connections == 0)
+
+
+# --- what one connection holds (issue 18: memory per idle connection) --------------------
+
+
+async def test_the_upgraded_http_protocol_is_freed_without_the_collector() -> None:
+    """The HTTP/1.1 protocol (its parser, its header list) goes at once, not at a gc pass."""
+    freed: list[weakref.ref[Any]] = []
+    gc.disable()
+    try:
+        async with serve(echo) as srv:
+            state = srv.server.state
+            assert state is not None and state.websocket_upgrade is not None
+            upgrade = state.websocket_upgrade
+
+            def watching(http: Any, scope: dict[str, Any], trailing: bytes) -> None:
+                freed.append(weakref.ref(http))
+                upgrade(http, scope, trailing)
+
+            state.websocket_upgrade = watching
+            for protocol in list(state.connections):  # none yet: the hook is read per connection
+                protocol.upgrade_handler = watching  # type: ignore[attr-defined]
+            async with connect(ws_url(srv), compression=None) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                assert len(freed) == 1
+                assert freed[0]() is None
+    finally:
+        gc.enable()
+
+
+async def test_the_scope_and_its_extensions_are_key_sharing_dicts() -> None:
+    app = Recorder()
+    async with serve(app) as srv, connect(ws_url(srv)) as ws:
+        await ws.send("x")
+        await wait_for(lambda: len(app.messages) == 1)
+        scope = app.scope
+        assert scope is not None
+        extensions = scope["extensions"]
+        direct = extensions[WEBSOCKET_DIRECT]
+        for shared in (scope, extensions, direct):
+            assert type(shared) is dict  # (their memory: test_ws_handshake.py)
+        assert list(scope) == [
+            "type", "asgi", "http_version", "scheme", "path", "raw_path", "query_string",
+            "root_path", "headers", "client", "server", "subprotocols", "state", "extensions",
+        ]  # fmt: skip
+        assert list(extensions) == ["websocket.http.response", WEBSOCKET_DIRECT]
+        assert list(direct) == ["send_nowait"]
+        # The app may use them as any dict: a key it adds is kept.
+        scope["user"] = "alice"
+        extensions["mine"] = {}
+        assert scope["user"] == "alice" and "mine" in extensions
+        assert direct["send_nowait"]({"type": "websocket.send", "text": "direct"}) is True
+        assert await ws.recv() == "direct"
+
+
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("_current", default="unset")
+
+
+async def test_an_app_whose_call_runs_code_runs_it_in_its_own_task() -> None:
+    """Only an ``async def`` call is made outside the task; other code runs inside it."""
+    seen: list[asyncio.Task[Any] | None] = []
+
+    class Plain:
+        def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> Any:
+            seen.append(asyncio.current_task())
+            _current.set("set by the app")
+            return echo(scope, receive, send)
+
+    async with serve(Plain()) as srv, connect(ws_url(srv)) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+    assert len(seen) == 1 and seen[0] is not None
+    assert seen[0] is not asyncio.current_task()
+    assert _current.get() == "unset"  # the app's context is its task's, not ours
+
+
+async def test_an_app_that_is_an_async_function_keeps_no_wrapper_frame() -> None:
+    async with serve(echo) as srv, connect(ws_url(srv)) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+        (protocol,) = ws_protocols(srv)
+        assert protocol.task is not None
+        coro = protocol.task.get_coro()
+        assert getattr(coro, "__qualname__", "") == "echo"  # the app's own coroutine
+
+
+async def test_an_idle_connection_holds_no_per_connection_buffers() -> None:
+    async with serve(echo) as srv, connect(ws_url(srv), compression=None) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+        (protocol,) = ws_protocols(srv)
+        conn = protocol._conn
+        assert conn is not None
+        assert (conn._parser, conn._events, conn._out, conn._frag_buffer) == (None,) * 4
+        assert protocol._early is None and protocol._queue is None
+        assert protocol._drain_waiters == [] and not hasattr(protocol, "__dict__")
+
+
+async def test_memory_of_idle_connections_is_bounded() -> None:
+    """What Tidings' own code allocates per idle WebSocket stays under a bound.
+
+    Counted with tracemalloc: allocations made with a frame of ``tidings/`` on the
+    stack (the client's side, in this process too, is not), per connection, growing
+    from 20 to 120 open connections. The bound is a tenth over today's figure (2,655
+    bytes on CPython 3.11), so a frame or a few objects added per connection fail it.
+    (``benchmarks/scale.py`` measures the whole process's RSS.)
+    """
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]] = []
+    async with serve(echo) as srv:
+        try:
+
+            async def open_more(n: int) -> None:
+                for _ in range(n):
+                    reader, writer, head = await raw_connect(srv)
+                    assert head.startswith(b"HTTP/1.1 101 ")
+                    conns.append((reader, writer, head))
+                await wait_for(lambda: len(ws_protocols(srv)) == len(conns))
+
+            await open_more(20)
+            gc.collect()
+            tracemalloc.start(25)
+            try:
+                before = _tidings_bytes(tracemalloc.take_snapshot())
+                await open_more(100)
+                gc.collect()
+                after = _tidings_bytes(tracemalloc.take_snapshot())
+            finally:
+                tracemalloc.stop()
+            per_connection = (after - before) / 100
+            assert per_connection < _IDLE_CONNECTION_BYTES, per_connection
+        finally:
+            for _, writer, _ in conns:
+                writer.close()
+
+
+#: Bytes allocated by tidings code per idle WebSocket (see the test above).
+_IDLE_CONNECTION_BYTES = 2920
+
+
+def _tidings_bytes(snapshot: tracemalloc.Snapshot) -> int:
+    pattern = str(Path(__file__).resolve().parents[2] / "tidings" / "*")
+    ours = snapshot.filter_traces([tracemalloc.Filter(True, pattern, all_frames=True)])
+    return sum(stat.size for stat in ours.statistics("filename"))

@@ -35,6 +35,17 @@ and ``--ws-max-send-buffer``. ``send()`` waits while the transport is above it
 concurrent senders, a ping flood from a client that does not read) means the client has
 stopped reading: the connection is closed with 1008 and the transport aborted.
 
+Memory: an idle connection holds its transport, this object, the app's task (with no
+wrapper coroutine: when calling the app runs none of its code, the task runs the app's
+own coroutine, and this object is the task's done callback), the future its waiting
+``receive()`` yields to that task, its scope (key-sharing dicts, ``_ws_handshake``) and
+the core, which holds no parser, buffer or list while idle. Everything else is made when
+something needs it and dropped after (tests/server/test_websocket.py bounds the total).
+
+Endings: how the connection ends (the app task's end, our close, a held protocol
+error, an overflowing send buffer, shutdown and abort) is ``_ws_close``'s; the class
+binds its functions as methods. Each runs a few times per connection at most.
+
 Timers: none per connection. The server's once-a-second sweep calls ``check_timeouts``
 (``_ws_timeouts``: keepalive pings; the handshake, ping and close timeouts). Activity is
 a flag set in ``data_received``, so the hot path never reads the clock.
@@ -54,22 +65,26 @@ inline in ``send()`` with the one payload check (``send_payload``).
 
 What must not go here: framing or handshake rules (``tidings.wire``), the ASGI message
 rules (``tidings._asgi``), HTTP parsing (``http11``), anything that knows about Django
-or channel layers.
+or channel layers, timeout checks (``_ws_timeouts``), the ways a connection ends
+(``_ws_close``). What stays is the per-message path: frames in, ``receive``, ``send``,
+direct delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import time
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from tidings import _metrics
 from tidings._asgi import (
     ACCEPTED,
     CLOSED,
-    DENYING,
     Accept,
     ASGIMessageError,
     ASGIWebSocketConnection,
@@ -79,8 +94,8 @@ from tidings._asgi import (
     SendText,
     send_payload,
 )
-from tidings._types import WEBSOCKET_DIRECT, ASGIApp, Message, WebSocketExtensions
-from tidings.server import _ws_handshake, _ws_timeouts
+from tidings._types import ASGIApp, Message
+from tidings.server import _ws_close, _ws_handshake, _ws_timeouts
 from tidings.server._flow import WriteFlowControl
 from tidings.server._http11 import ClientDisconnected
 from tidings.server._state import ServerState, error_log, fmt_client
@@ -90,7 +105,6 @@ from tidings.wire import (
     ConnectionClosedError,
     ConnectionFailed,
     ConnectionLost,
-    ConnectionState,
     DeflateConfig,
     HandshakeRequest,
     PongReceived,
@@ -98,7 +112,6 @@ from tidings.wire import (
     WebSocketConnection,
     encode_message,
 )
-from tidings.wire.http11 import simple_response
 
 if TYPE_CHECKING:
     from tidings.server._http11 import HttpProtocol
@@ -114,21 +127,45 @@ _HANDSHAKE_BUFFER: Final = 64 * 1024
 
 _HANDSHAKE, _OPEN, _DONE = _ws_handshake.HANDSHAKE, _ws_handshake.OPEN, _ws_handshake.DONE
 _disconnect = _ws_handshake.disconnect
-_CONN_OPEN: Final = ConnectionState.OPEN
 _ACCEPTED: Final = ACCEPTED
-_DENYING: Final = DENYING
 _APP_CLOSED: Final = CLOSED
 _MESSAGES: Final = (TextMessage, BytesMessage)
+#: The permessage-deflate settings of ``--ws-per-message-deflate`` on and off.
+_DEFLATE: Final = {enabled: DeflateConfig(enabled=enabled) for enabled in (False, True)}
+#: The name of every WebSocket app task (``Task.get_name()``).
+_TASK_NAME: Final = "tidings.websocket"
+#: The application side of every connection in the accepted phase that has sent nothing
+#: but ``websocket.send`` since (``_send_other`` gives a connection its own before any
+#: other message, which may change it).
+_ACCEPTED_APP: Final = ASGIWebSocketConnection(stream_denial=True)
+_ACCEPTED_APP.phase = ACCEPTED
+#: Held by every connection until one of its sends waits, never appended to (``_drain``
+#: gives the connection a list of its own), so an idle connection holds no list.
+_NO_WAITERS: Final[list[asyncio.Future[None]]] = []
+#: The context the app task's done callback runs in: it reads no context variable.
+_NO_CONTEXT: Final = contextvars.Context()
+
+
+def _calls_create_coroutine(app: object) -> bool:
+    """Whether calling ``app`` only creates a coroutine, running none of its code yet.
+
+    True for an ``async def`` function and for an object whose class's ``__call__`` is
+    one. Anything else (a plain ``__call__`` returning an awaitable, a partial) may run
+    code when called, which must happen inside the app's task, so it is called there.
+    """
+    if inspect.isfunction(app):
+        return inspect.iscoroutinefunction(app)
+    return inspect.iscoroutinefunction(inspect.getattr_static(type(app), "__call__", None))
 
 
 def install(state: ServerState) -> None:
     """Enable WebSocket on this server: set the HTTP protocol's upgrade hook."""
-    deflate = DeflateConfig(enabled=state.config.websocket.per_message_deflate)
+    direct = _calls_create_coroutine(state.app)
 
     def upgrade(http: HttpProtocol, scope: dict[str, Any], trailing: bytes) -> None:
-        protocol = WebSocketProtocol(state, http.transport, scope, deflate=deflate)
+        protocol = WebSocketProtocol(state, http.transport, scope)
         http.transport.set_protocol(protocol)
-        protocol.start(scope["method"], trailing)
+        protocol.start(scope["method"], trailing, direct=direct)
 
     state.websocket_upgrade = upgrade
 
@@ -143,25 +180,20 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         state: the server's shared state (config, app, connection registry).
         transport: the connection's transport, taken over from ``HttpProtocol``.
         scope: the HTTP scope ``HttpProtocol`` built for the upgrade request.
-        deflate: permessage-deflate settings (``enabled=False`` never negotiates it).
     """
 
     __slots__ = (
         "_asgi",
         "_chunked",
-        "_client",
         "_conn",
         "_deadline",
-        "_deflate",
         "_denial",
         "_disconnect",
         "_early",
-        "_early_size",
         "_held",
         "_held_since",
         "_lost",
         "_max_queue",
-        "_max_send_buffer",
         "_phase",
         "_ping_sent",
         "_queue",
@@ -171,7 +203,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         "_settings",
         "_since",
         "_waiter",
-        "loop",
         "scope",
         "state",
         "task",
@@ -183,22 +214,13 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         state: ServerState,
         transport: asyncio.Transport,
         scope: dict[str, Any],
-        *,
-        deflate: DeflateConfig,
     ) -> None:
         self.state = state
-        self.loop = state.loop
         self.transport = transport
         self._settings = settings = state.config.websocket
-        self._deflate = deflate
         self._max_queue = settings.max_queue
-        self._max_send_buffer = settings.max_send_buffer
-        self._client: tuple[str, int] | None = scope["client"]
         # Built per connection: direct delivery is bound to this socket.
-        extensions: WebSocketExtensions = {
-            "websocket.http.response": {},
-            WEBSOCKET_DIRECT: {"send_nowait": self.send_nowait},
-        }
+        extensions = _ws_handshake.websocket_extensions(self.send_nowait)
         self.scope = _ws_handshake.websocket_scope(scope, extensions)
         self._phase = _HANDSHAKE
         self._request: HandshakeRequest | None = None
@@ -213,8 +235,7 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._asgi = ASGIWebSocketConnection(stream_denial=True)
         self._denial: Refusal | None = None
         self._chunked = False
-        self._early: list[bytes] = []  # bytes received before websocket.accept
-        self._early_size = 0
+        self._early: bytearray | None = None  # bytes received before websocket.accept
         # A protocol error that came after messages the app has not answered yet: our
         # close frame and the disconnect, held until the app has read those messages.
         self._held: tuple[bytes, Message] | None = None
@@ -222,7 +243,8 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._lost = False
         self._read_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        # Shared and empty until a send() has to wait (_drain): no list per connection.
+        self._drain_waiters = _NO_WAITERS
         # Handshake start, then the last sweep that saw client activity.
         self._since = time.monotonic()
         self._seen = False  # data arrived since the last sweep
@@ -230,14 +252,34 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._deadline = 0.0  # abort the transport after this; 0: no deadline
         self.task: asyncio.Task[None] | None = None
 
+    # Read where they are needed (logs, a paused transport), not held per connection.
+
+    @property
+    def _client(self) -> tuple[str, int] | None:
+        client: tuple[str, int] | None = self.scope.get("client")
+        return client
+
+    @property
+    def _max_send_buffer(self) -> int:
+        return self._settings.max_send_buffer
+
+    @property
+    def _deflate(self) -> DeflateConfig:
+        """permessage-deflate settings (``enabled=False`` never negotiates it)."""
+        return _DEFLATE[self._settings.per_message_deflate]
+
     # -- start ----------------------------------------------------------------------------
 
-    def start(self, method: str, trailing: bytes) -> None:
+    def start(self, method: str, trailing: bytes, *, direct: bool = False) -> None:
         """Check the handshake (RFC 6455 §4.2.1) and start the app, or answer an HTTP error.
 
         Args:
             method: the request method (anything but GET gets 405).
             trailing: bytes the client sent after the request; fed in after accept.
+            direct: calling the app only makes a coroutine (it is an ``async def``
+                function or its class's ``__call__`` is one; see
+                ``_calls_create_coroutine``), so its task runs that coroutine itself,
+                without a wrapper coroutine kept for the life of the connection.
         """
         state = self.state
         state.connections.add(self)
@@ -252,59 +294,40 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         self._queue = deque(({"type": "websocket.connect"},))
         if trailing:
             self.data_received(trailing)
-        task = self.task = self.loop.create_task(self._run(state.app))
+        app = state.app
+        call = app(self.scope, self.receive, self.send) if direct else self._call(app)
+        # One name for all: asyncio would otherwise make a "Task-<n>" string per task.
+        task = self.task = self.state.loop.create_task(
+            cast(Coroutine[Any, Any, None], call), name=_TASK_NAME
+        )
+        # What the app's end means is decided once the task is done (a wrapper coroutine
+        # around the app would hold a frame for the life of the connection). The protocol
+        # is the callback itself (``__call__``: no bound method held per connection), and
+        # it reads no context variable: one empty context serves them all.
+        task.add_done_callback(self, context=_NO_CONTEXT)
         state.tasks.add(task)
 
     # -- the app --------------------------------------------------------------------------
 
-    async def _run(self, app: ASGIApp) -> None:
-        try:
-            await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            # Cancelled from outside (shutdown past its grace period): don't leave the
-            # client attached to nothing.
-            if self._phase == _HANDSHAKE:
-                _ws_handshake.respond(self, simple_response(503, "Server shutting down"), 503)
-            elif self._phase == _OPEN:
-                self._close(1001, "")
-            raise
-        except Exception as exc:
-            if self._disconnect is not None or isinstance(exc, ClientDisconnected):
-                error_log.debug("ASGI application stopped after the client left: %r", exc)
-                self._close_transport()
-            elif self._phase == _HANDSHAKE:
-                _metrics.app_raised("websocket")
-                error_log.error("Exception in ASGI application before accept", exc_info=exc)
-                _ws_handshake.respond(self, simple_response(500, "Internal Server Error"), 500)
-            else:
-                _metrics.app_raised("websocket")
-                error_log.error("Exception in ASGI application", exc_info=exc)
-                self._close(1011, "internal error")
-        else:
-            if self._phase == _HANDSHAKE:
-                if self._asgi.phase is not _DENYING:
-                    # Returning without an answer is a refusal, like websocket.close.
-                    _ws_handshake.deny(self)
-                else:
-                    error_log.error("ASGI application returned without completing the response")
-                    _ws_handshake.respond(self, simple_response(500, "Internal Server Error"), 500)
-            elif self._phase == _OPEN:
-                self._close(1000, "")
-        finally:
-            task = self.task
-            if task is not None:
-                self.state.forget_task(task)
+    async def _call(self, app: ASGIApp) -> None:
+        """Call and await an app whose call may run code (in the task, not in ``start``)."""
+        await app(self.scope, self.receive, self.send)
 
-    async def receive(self) -> Message:
-        """The ASGI ``receive``: ``websocket.connect``, messages, then ``websocket.disconnect``."""
-        queue = self._queue
-        if queue:
-            message = queue.popleft()
-            if not queue:
-                self._queue = None
-            if self._read_paused and len(queue) < self._max_queue and self._conn is not None:
-                self._resume_reading()
-            return message
+    #: The app's task ended (the protocol is its done callback): answer or close.
+    __call__ = _ws_close.app_done
+
+    @types.coroutine
+    def receive(self) -> Generator[Any, None, Message]:
+        """The ASGI ``receive``: ``websocket.connect``, messages, then ``websocket.disconnect``.
+
+        A generator-based coroutine (``types.coroutine``), awaitable and accepted by
+        ``create_task`` like an ``async def`` one: when it must wait it yields its
+        future to the app's task itself, as ``await future`` would through an iterator
+        object that an idle connection would hold for as long as it waits. Its frame,
+        held as long, has two locals: the rest of the work is in ``_next``.
+        """
+        if self._queue:
+            return self._next()
         if self._disconnect is not None:
             return self._disconnect
         if self._held is not None:
@@ -313,8 +336,21 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             raise RuntimeError("receive() called while another receive() is waiting")
-        waiter = self._waiter = self.loop.create_future()
-        return await waiter
+        waiter = self._waiter = self.state.loop.create_future()
+        waiter._asyncio_future_blocking = True  # what Future.__await__ sets: "wait on me"
+        yield waiter
+        return waiter.result()
+
+    def _next(self) -> Message:
+        """The oldest message waiting for ``receive()`` (its own frame: see ``receive``)."""
+        queue = self._queue
+        assert queue
+        message = queue.popleft()
+        if not queue:
+            self._queue = None
+        if self._read_paused and len(queue) < self._max_queue and self._conn is not None:
+            self._resume_reading()
+        return message
 
     def send_nowait(self, message: Message) -> bool:
         """Write a ``websocket.send`` message now, without waiting; False if it can't.
@@ -337,7 +373,6 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             or self._lost
             or self._asgi.phase is not _ACCEPTED
             or self._held is not None
-            or conn.state is not _CONN_OPEN
         ):
             return False
         data = message.get("text")
@@ -348,16 +383,12 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         elif not isinstance(data, str):
             return False
         try:
-            if conn.compressing:
-                if isinstance(data, str):
-                    conn.send_text(data)
-                else:
-                    conn.send_bytes(data)
-            else:
-                conn.send_encoded(self.state.shared_frame(data))
+            # One call into the core per member (a broadcast pays this per socket); it
+            # raises ConnectionClosedError unless the connection is OPEN.
+            out = conn.send_shared(data, self.state.shared_frame(data))
         except (UnicodeEncodeError, ConnectionClosedError):
             return False
-        self.transport.write(out := conn.data_to_send())
+        self.transport.write(out)
         if (m := _metrics.ACTIVE) is not None:
             m.ws_out_sizes.append(len(out))
         return True
@@ -409,36 +440,29 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
             if mtype == "websocket.close" and self._asgi.phase is _APP_CLOSED:
                 return  # closing twice is harmless
             raise ClientDisconnected("WebSocket connection is closed")
+        asgi = self._asgi
+        if asgi is _ACCEPTED_APP:
+            # The shared accepted state is never changed: this connection gets its own.
+            asgi = self._asgi = ASGIWebSocketConnection(stream_denial=True)
+            asgi.phase = _ACCEPTED
         try:
-            action = self._asgi.app_sent(message)
+            action = asgi.app_sent(message)
         except ASGIMessageError as exc:
             if exc.closed:
                 raise ClientDisconnected("WebSocket connection is closed") from None
             raise
         if action is not None:
             await _ON_ACTION[type(action)](self, action)
+            if self._phase == _OPEN and self._asgi.phase is _ACCEPTED:
+                # Accepted: until the app sends something else than websocket.send, its
+                # state is the same as every accepted connection's (no object of its own).
+                self._asgi = _ACCEPTED_APP
 
-    # -- actions (tidings._asgi); Accept and Refusal are _ws_handshake's -------------------
+    # -- actions (tidings._asgi); Accept and Refusal are _ws_handshake's, Close _ws_close's --
 
     async def _on_send(self, action: SendText | SendBytes) -> None:
         # Only reached when websocket.accept was refused by _ws_handshake.accept's checks.
         raise RuntimeError("websocket.send after a failed websocket.accept")
-
-    async def _on_close(self, action: Close) -> None:
-        if self._phase == _HANDSHAKE:
-            _ws_handshake.deny(self)  # only after a failed websocket.accept
-            return
-        if self._held is not None:
-            self._release_held()
-            return
-        conn = self._conn
-        assert conn is not None
-        try:
-            conn.close(action.code, action.reason)
-        except ValueError as exc:
-            raise RuntimeError(f"invalid websocket.close: {exc}") from None
-        self._flush()
-        self._set_deadline()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -446,9 +470,11 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         conn = self._conn
         if conn is None:
             if self._phase == _HANDSHAKE:
-                self._early.append(data)
-                self._early_size += len(data)
-                if self._early_size > _HANDSHAKE_BUFFER:
+                early = self._early
+                if early is None:
+                    early = self._early = bytearray()
+                early += data
+                if len(early) > _HANDSHAKE_BUFFER:
                     self._pause_reading()
             return
         self._seen = True
@@ -584,55 +610,15 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
 
     async def _drain(self) -> None:
         """Wait until the transport is below its high-water mark again (or gone)."""
-        waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
+        waiter = self.state.loop.create_future()
+        waiters = self._drain_waiters
+        if waiters is _NO_WAITERS:
+            self._drain_waiters = [waiter]
+        else:
+            waiters.append(waiter)
         await waiter
         if self._lost:
             raise ClientDisconnected("WebSocket connection lost")
-
-    def _overflow(self) -> None:
-        """The client stopped reading and too much is queued: close with 1008, abort."""
-        if self._lost:
-            return
-        error_log.warning(
-            "%s - WebSocket client not reading: %d bytes queued (--ws-max-send-buffer %d); "
-            "closing with 1008",
-            fmt_client(self._client),
-            self.transport.get_write_buffer_size(),
-            self._max_send_buffer,
-        )
-        _metrics.hit("ws_max_send_buffer")
-        conn = self._conn
-        if conn is not None:
-            conn.close(1008, "send buffer full")
-            conn.data_to_send()  # it could never reach the client
-        self._finish(_disconnect(1008, "send buffer full"))
-        self._lost = True
-        self.transport.abort()
-
-    def _release_held(self) -> Message:
-        """Send the close frame of a held protocol error and end the connection."""
-        held = self._held
-        assert held is not None
-        self._held = None
-        if not self._lost:
-            self.transport.write(held[0])
-        self._finish(held[1])
-        self._close_transport()
-        return held[1]
-
-    def _close(self, code: int, reason: str) -> None:
-        """Start the closing handshake (RFC 6455 §7.1.2) with a code we chose."""
-        if self._held is not None:
-            self._release_held()
-            return
-        conn = self._conn
-        if conn is None or self._lost:
-            self._close_transport()
-            return
-        conn.close(code, reason)
-        self._flush()
-        self._set_deadline()
 
     def _set_deadline(self) -> None:
         if not self._deadline:
@@ -654,26 +640,20 @@ class WebSocketProtocol(WriteFlowControl, asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.resume_reading()
 
+    # -- the ways a connection ends (_ws_close); none runs per message ---------------------
+
+    _close = _ws_close.close  # the closing handshake with a code we chose
+    _release_held = _ws_close.release_held  # fail a held protocol error now
+    _overflow = _ws_close.overflow  # the client stopped reading: 1008, abort
+
     # -- lifecycle hooks used by the server ---------------------------------------------------
 
     #: Called once a second: handshake timeout, keepalive pings, close timeout.
     check_timeouts = _ws_timeouts.check_timeouts
-
-    def shutdown(self) -> None:
-        """Graceful shutdown: close open connections with 1001, refuse pending handshakes."""
-        if self._phase == _HANDSHAKE:
-            if self._denial is None:
-                _ws_handshake.respond(self, simple_response(503, "Server shutting down"), 503)
-        elif self._phase == _OPEN:
-            self._close(1001, "server shutting down")
-        else:
-            self._close_transport()
-
-    def abort(self) -> None:
-        """Close the transport now (the graceful timeout is over)."""
-        self._finish(_disconnect(1006))
-        self._lost = True
-        self.transport.abort()
+    #: Graceful shutdown: close open connections with 1001, refuse pending handshakes.
+    shutdown = _ws_close.shutdown
+    #: Close the transport now (the graceful timeout is over).
+    abort = _ws_close.abort
 
 
 #: What ``send`` does with each action of ``tidings._asgi`` (the hot path is ``send``'s own).
@@ -682,5 +662,5 @@ _ON_ACTION: Final[dict[type, Callable[[WebSocketProtocol, Any], Awaitable[None]]
     Refusal: _ws_handshake.refuse,
     SendText: WebSocketProtocol._on_send,
     SendBytes: WebSocketProtocol._on_send,
-    Close: WebSocketProtocol._on_close,
+    Close: _ws_close.on_close,
 }
