@@ -20,10 +20,10 @@ to each peer, and written to ``benchmarks/results/http2.json``.
 
     python benchmarks/http2.py [--rounds 3] [--duration 5] [--servers tidings,hypercorn]
                                [--transports h2c,tls] [--loads hello,64k,streams100,ws]
-    python benchmarks/http2.py --floor   # h2's own cost per request, in process
+    python benchmarks/http2.py --floor   # the protocol cores' cost per request, in process
 
-The results also hold ``h2_floor``: the CPU time per hello request that the ``h2``
-library alone takes, the part of a server's cost that no code of ours can remove.
+The results also hold ``h2_floor``: the CPU time per hello request that the protocol
+core alone takes, the ``h2`` library's and Tidings' own (``tidings.wire.http2``).
 
 Needs ``h2load`` (Debian: apt-get install nghttp2-client) and ``openssl``. The peers are
 installed from PyPI into ``benchmarks/.venv-peers`` on first use.
@@ -243,20 +243,22 @@ def ws_client(port: int, tls: bool, duration: float) -> int:
 
 
 def h2_floor(requests: int = 30_000) -> dict[str, float]:
-    """CPU microseconds per hello request spent in the ``h2`` library alone, no I/O.
+    """CPU microseconds per hello request spent in the HTTP/2 protocol core alone, no I/O.
 
     An in-process ``h2`` client sends what ``h2load -m 10`` sends (10 GET streams a
-    batch, window updates as it reads); the server side is an ``H2Connection``
-    configured as Tidings configures it, answering each stream with the hello
-    response's fields and body. Only the server side is timed: its figure is the
-    floor of any server built on ``h2``, to set against a server's whole CPU cost per
-    request. Measured with ``h2``'s default HPACK encoder and with Tidings' own.
+    batch, window updates as it reads); the server side answers each stream with the
+    hello response's fields and body. Only the server side is timed, for two cores:
+    the ``h2`` library configured as Tidings configured it before it had its own core
+    (``floor_us_h2``), and Tidings' ``tidings.wire.http2`` with its static-table
+    encoder (``floor_us_tidings``): the floor of a server built on each.
     """
     from h2.config import H2Configuration
     from h2.connection import H2Connection
     from h2.events import DataReceived, RequestReceived
 
     from tidings.server._h2_hpack import StaticEncoder
+    from tidings.wire.http2 import HTTP2Connection
+    from tidings.wire.http2 import RequestReceived as CoreRequest
 
     request = [
         (b":method", b"GET"),
@@ -272,22 +274,27 @@ def h2_floor(requests: int = 30_000) -> dict[str, float]:
         (b"date", b"Mon, 07 Dec 2026 22:00:00 GMT"),
     ]
     figures = {}
-    for encoder in ("hpack", "static"):
+    for core in ("h2", "tidings"):
         client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-        server = H2Connection(
-            H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                split_outbound_cookies=False,
-                validate_inbound_headers=False,  # Tidings checks request fields itself
-            )
-        )
-        if encoder == "static":
-            server.encoder = StaticEncoder()
         client.initiate_connection()
-        server.initiate_connection()
+        server: Any
+        if core == "h2":
+            server = H2Connection(
+                H2Configuration(
+                    client_side=False,
+                    header_encoding=None,
+                    validate_outbound_headers=False,
+                    normalize_outbound_headers=False,
+                    split_outbound_cookies=False,
+                    validate_inbound_headers=False,  # Tidings checks request fields itself
+                )
+            )
+            server.initiate_connection()
+            requested: Any = RequestReceived
+        else:
+            server = HTTP2Connection(StaticEncoder())
+            requested = CoreRequest
+            server.receive_data(client.data_to_send())
         client.receive_data(server.data_to_send())
         spent = 0.0
         sid = 1
@@ -298,7 +305,7 @@ def h2_floor(requests: int = 30_000) -> dict[str, float]:
             data = client.data_to_send()
             start = time.process_time()
             for event in server.receive_data(data):
-                if isinstance(event, RequestReceived):
+                if isinstance(event, requested):
                     server.send_headers(event.stream_id, response)
                     server.send_data(event.stream_id, b"Hello, world!", end_stream=True)
             out = server.data_to_send()
@@ -306,7 +313,7 @@ def h2_floor(requests: int = 30_000) -> dict[str, float]:
             for event in client.receive_data(out):
                 if isinstance(event, DataReceived):
                     client.increment_flow_control_window(event.flow_controlled_length)
-        figures[f"h2_floor_us_{encoder}_encoder"] = round(spent / requests * 1e6, 1)
+        figures[f"floor_us_{core}"] = round(spent / requests * 1e6, 1)
     return figures
 
 
@@ -448,7 +455,7 @@ def main() -> int:
             if logged:
                 print(f"note: {name} over {transport} logged {logged} tracebacks", file=sys.stderr)
     floor = h2_floor()
-    print(f"h2 alone, per hello request (CPU microseconds): {floor}")
+    print(f"protocol core alone, per hello request (CPU microseconds): {floor}")
     write_results(
         {
             **result_header("http2"),

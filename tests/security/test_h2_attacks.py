@@ -30,8 +30,8 @@ from hyperframe.frame import (
 
 from tests.server._helpers import Running, serve
 from tests.server.test_http2 import App, H2Client, RawH2, h2_connections, wait_for
-from tidings.server._h2_frames import PREFACE
 from tidings.server.config import Limits, Timeouts
+from tidings.wire.http2 import PREFACE
 
 # The longest a well-behaved client's request may take while an attack runs.
 _PATIENCE = 2.0
@@ -126,6 +126,48 @@ async def test_continuation_flood_is_cut_at_the_header_list_size() -> None:
     # --h2-max-header-list-size is 32 KiB: the third 16 KiB frame passes it. A
     # frame or two more may be in flight before the close reaches us.
     assert frames_sent <= 6
+
+
+async def test_endless_empty_continuation_frames_are_cut() -> None:
+    # The same class with frames that carry nothing: the block never grows, the count
+    # of its frames does (bounded by the core's _MAX_CONTINUATIONS).
+    async with serve(App()) as srv, bystander(srv):
+        raw = await RawH2.open(srv.port)
+        raw.send(HeadersFrame(1, data=raw.encoder.encode([(b":method", b"GET")])))
+        batches = 0
+        empty = ContinuationFrame(1, data=b"").serialize()
+        while not raw.closed.is_set() and batches < 100:
+            raw.writer.write(empty * 100)
+            batches += 1
+            with contextlib.suppress(ConnectionError):
+                await raw.writer.drain()
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(raw.closed.wait(), 5)
+        goaway = raw.goaway()
+        await raw.aclose()
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert batches < 10  # cut at the second batch; a few more may be in flight
+
+
+async def test_data_on_closed_streams_in_a_loop_is_rapid_reset_too() -> None:
+    # Each DATA frame on a stream that has ended is answered with RST_STREAM
+    # STREAM_CLOSED (RFC 9113 section 5.1): counted with the resets.
+    async with serve(App()) as srv, bystander(srv):
+        raw = await RawH2.open(srv.port)
+        raw.send(raw.request(1, "/hello"))
+        await raw.wait(lambda: raw.ended(1))
+        sent = 0
+        while not raw.closed.is_set() and sent < 5000:
+            raw.send(*(DataFrame(1, data=b"x") for _ in range(100)))
+            sent += 100
+            with contextlib.suppress(ConnectionError):
+                await raw.writer.drain()
+            await asyncio.sleep(0)
+        await raw.wait(raw.goaway)
+        goaway = raw.goaway()
+        await raw.aclose()
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert len(raw.of_type(RstStreamFrame, 1)) <= 300
 
 
 async def test_hpack_bomb_is_capped_by_the_decoded_list_size() -> None:

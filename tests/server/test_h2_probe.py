@@ -26,10 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "compliance" / "h2" / "run.py"
 
-# Cases Tidings fails today, each with why. None: the server maps h2's PROTOCOL_ERROR
-# for an undecodable header block to COMPRESSION_ERROR (RFC 9113 section 4.3), answers
-# a SETTINGS ACK with a payload with FRAME_SIZE_ERROR (section 6.5), and resets a stream
-# whose ending HEADERS carry a non-zero content-length (section 8.1.1).
+# Cases Tidings fails today, each with why. None: the server's own core
+# (tidings.wire.http2) follows every rule the probe checks.
 KNOWN_FAILURES: set[str] = set()
 # RFC 8441 cases skip until the server advertises SETTINGS_ENABLE_CONNECT_PROTOCOL.
 ALLOWED_SKIPS = {"rfc8441/3/1", "rfc8441/4/1", "rfc8441/4/2"}

@@ -41,10 +41,10 @@ from tests.server._helpers import Running, exchange, serve
 from tidings._types import ASGIReceive as Receive
 from tidings._types import ASGISend as Send
 from tidings._types import Message
-from tidings.server._h2_frames import PREFACE
 from tidings.server._http2 import H2Protocol
 from tidings.server._options import OPTIONS
 from tidings.server.config import Config, ConfigError, Limits, Timeouts
+from tidings.wire.http2 import PREFACE
 
 # -- a client: h2 over a real socket --------------------------------------------------------
 

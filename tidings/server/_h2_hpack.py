@@ -2,10 +2,9 @@
 
 Theory of operation
 -------------------
-``h2`` encodes every header block we send with an ``hpack.Encoder``, which searches
-its dynamic table and Huffman-codes each field again for every response: a tenth of
-the cost of a small HTTP/2 response. ``StaticEncoder`` takes its place
-(``conn.encoder``) and never uses the dynamic table:
+An HPACK encoder with a dynamic table searches it and Huffman-codes each field again
+for every response, a noticeable part of the cost of a small HTTP/2 response.
+``StaticEncoder``, the connection core's encoder, never uses the dynamic table:
 
 - a field that is whole in the static table (``:status 200``) is one indexed octet
   (RFC 7541 section 6.1);
@@ -20,27 +19,20 @@ with a dynamic table size update to 0 (section 6.3), which tells the decoder tha
 table stays empty whatever size it allows.
 
 The price: repeated custom fields cost their literal bytes on each response instead
-of one index octet. Request header blocks are still decoded by ``h2``'s own decoder.
+of one index octet. Request header blocks are decoded by the core's HPACK decoder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
-from hpack import Encoder
-from hpack.hpack import encode_integer
-from hpack.huffman import HuffmanEncoder
-from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-from hpack.table import HeaderTable
+from tidings.wire.hpack import STATIC_TABLE, huffman_encode
 
 __all__ = ["StaticEncoder", "encode_field"]
 
-_HUFFMAN: Final = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
-_STATIC: Final = HeaderTable.STATIC_TABLE
 # Index (from 1) of each whole field and of each name's first entry (RFC 7541 appendix A).
-_FIELDS: Final = {field: i for i, field in reversed(list(enumerate(_STATIC, 1)))}
-_NAMES: Final = {name: i for i, (name, _) in reversed(list(enumerate(_STATIC, 1)))}
+_FIELDS: Final = {field: i for i, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
+_NAMES: Final = {name: i for i, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 # A dynamic table size update to 0 (section 6.3: 001 and a 5-bit prefix integer).
 _EMPTY_TABLE: Final = b"\x20"
 # Fields cached, and the longest cached (name plus value): the cache stays under
@@ -50,46 +42,52 @@ _CACHED_LENGTH: Final = 256
 _cache: dict[tuple[bytes, bytes], bytes] = {}
 
 
+def _integer(value: int, prefix_bits: int, flags: int = 0) -> bytes:
+    """An integer on an N-bit prefix, ``flags`` in the bits above it (section 5.1)."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([flags | value])
+    out = bytearray([flags | limit])
+    value -= limit
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _string(data: bytes) -> bytes:
     """A string literal (section 5.2): Huffman-coded when that is shorter."""
-    coded = _HUFFMAN.encode(data)
+    coded = huffman_encode(data)
     if len(coded) < len(data):
-        length = encode_integer(len(coded), 7)
-        length[0] |= 0x80
-        return bytes(length) + coded
-    return bytes(encode_integer(len(data), 7)) + data
+        return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(data), 7) + data
 
 
 def encode_field(name: bytes, value: bytes) -> bytes:
     """One field's representation, without touching any dynamic table."""
     index = _FIELDS.get((name, value))
     if index is not None:
-        head = encode_integer(index, 7)
-        head[0] |= 0x80
-        return bytes(head)
+        return _integer(index, 7, 0x80)
     index = _NAMES.get(name)
     if index is not None:
-        return bytes(encode_integer(index, 4)) + _string(value)
+        return _integer(index, 4) + _string(value)
     return b"\x00" + _string(name) + _string(value)
 
 
-class StaticEncoder(Encoder):
-    """An ``hpack.Encoder`` for ``h2`` that encodes with the static table only."""
+class StaticEncoder:
+    """The HPACK encoder of a connection's responses: the static table only."""
+
+    __slots__ = ("_announce",)
 
     def __init__(self) -> None:
-        super().__init__()
         self._announce = True  # the size update to 0 is still to be sent
 
-    @property
-    def header_table_size(self) -> int:
-        return 0
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        # The client's SETTINGS_HEADER_TABLE_SIZE changed: say again that ours is 0.
+    def set_max_table_size(self, size: int) -> None:
+        """The client's SETTINGS_HEADER_TABLE_SIZE changed: say again that ours is 0."""
         self._announce = True
 
-    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+    def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """The header block of ``headers``, ``(name, value)`` pairs of bytes."""
         cache = _cache
         parts = []

@@ -3,9 +3,9 @@
 ``request_scope`` turns a request's header list into its ASGI ``http`` scope (or the
 status that refuses it); the checks it relies on are these.
 
-``h2`` is configured not to validate inbound header lists (its checks are a chain of
-generators, a tenth of its cost per request); ``split_fields`` applies the same rules
-while it sorts the list, and ``check_trailers`` those of a trailer section:
+The connection core (``tidings.wire.http2``) knows frames, not fields: ``split_fields``
+applies the field rules while it sorts the list, and ``check_trailers`` those of a
+trailer section:
 
 - field names: not empty, no upper case, no control, space, DEL or non-ASCII octet, no
   colon except the one that starts a pseudo-header (RFC 9113 section 8.2.1);
@@ -15,7 +15,9 @@ while it sorts the list, and ``check_trailers`` those of a trailer section:
   all before the regular fields, none in trailers (8.3); ``:method`` always,
   ``:scheme`` and a non-empty ``:path`` unless a plain CONNECT, which has neither
   (8.5); ``:protocol`` only with CONNECT;
-- ``:authority`` or ``Host``, one ``Host`` at most, and the same value when both.
+- ``:authority`` or ``Host``, one ``Host`` at most, and the same value when both;
+- Cookie fields are joined into one with ``; `` (8.2.3);
+- Content-Length is a number, and DATA must agree with it (the protocol checks that).
 
 A violation is a malformed request (``MalformedRequest``): the protocol resets the
 stream with PROTOCOL_ERROR (RFC 9113 section 8.1.1). ``forwarded`` applies a trusted
@@ -57,7 +59,7 @@ _CONNECTION: Final = frozenset(
 _PSEUDO: Final = frozenset([b":method", b":scheme", b":authority", b":path", b":protocol"])
 # Fields whose values split_fields returns or checks across the list.
 _WATCHED: Final = frozenset(
-    [b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"te"]
+    [b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"te", b"cookie"]
 )
 
 
@@ -82,6 +84,7 @@ def split_fields(
     fields: list[tuple[bytes, bytes]] = []
     watched: dict[bytes, bytes] = {}  # the last value of each _WATCHED field
     xff = None
+    cookie = -1  # the index of the Cookie field in fields
     bad_name = _BAD_NAME.search
     bad_value = _BAD_VALUE.search
     for name, value in headers:
@@ -94,9 +97,15 @@ def split_fields(
             continue
         if not name or bad_name(name) or name in _CONNECTION:
             raise MalformedRequest(f"field name {name!r} not allowed")
-        fields.append((name, value))
         if name in _WATCHED:
-            if name == b"x-forwarded-for":
+            if name == b"cookie":
+                # Section 8.2.3: crumbs split over fields are one Cookie for the app.
+                if cookie < 0:
+                    cookie = len(fields)
+                else:
+                    fields[cookie] = (name, fields[cookie][1] + b"; " + value)
+                    continue
+            elif name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b"," + value
             elif name == b"host" and name in watched:
                 raise MalformedRequest("more than one Host field")
@@ -104,10 +113,16 @@ def split_fields(
                 raise MalformedRequest("te other than trailers")
             else:
                 watched[name] = value
+        fields.append((name, value))
     method, raw, authority, protocol = _request_line(pseudo, watched)
     host = watched.get(b"host")
     length = watched.get(b"content-length")
-    declared = -1 if length is None else int(length)  # h2 has checked it is a number
+    if length is None:
+        declared = -1
+    elif length.isdigit() and len(length) < 19:
+        declared = int(length)
+    else:
+        raise MalformedRequest("invalid content-length")  # RFC 9110 section 8.6
     xfp = watched.get(b"x-forwarded-proto")
     return method, raw, authority, fields, host is not None, declared, xff, xfp, protocol
 
@@ -173,13 +188,14 @@ def forwarded(
 
 def request_scope(
     h2: H2Protocol, headers: list[tuple[bytes, bytes]], ended: bool
-) -> dict[str, Any] | int:
-    """The ASGI scope of a request's header list, or the status to refuse it with.
+) -> tuple[dict[str, Any], int] | int:
+    """The ASGI scope of a request's header list and its Content-Length (-1 if none),
+    or the status to refuse it with.
 
     ``h2`` is the connection the request arrived on.
 
-    ``split_fields`` checks the field rules of RFC 9113 section 8 (``h2``'s own
-    inbound checks are off); ``ended`` says the HEADERS frame ended the stream.
+    ``split_fields`` checks the field rules of RFC 9113 section 8; ``ended`` says the
+    HEADERS frame ended the stream.
     ``MALFORMED`` is a request to reset.
     """
     try:
@@ -230,4 +246,4 @@ def request_scope(
         "server": h2.server,
         "state": h2.state.lifespan_state.copy(),
         "extensions": h2.extensions,
-    }
+    }, declared

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-``H2Protocol`` (``tidings.server._http2``) feeds ``h2`` and routes its events: a new
+``H2Protocol`` (``tidings.server._http2``) feeds the connection core
+(``tidings.wire.http2``) and routes its events: a new
 request becomes an ``H2Stream`` run as one task; DATA frames append to ``body``;
 END_STREAM sets ``body_complete``; RST_STREAM calls ``on_disconnect``; WINDOW_UPDATE
 wakes a ``send`` waiting for flow-control window.
@@ -11,7 +12,7 @@ Flow control, both ways, is per stream (RFC 9113 section 5.2):
 - In: the client may send ``--h2-initial-window-size`` bytes the app has not read. The
   stream's window is reopened by what ``receive()`` hands the app, so an app that does
   not read stops only its own upload. (The connection's window is reopened by the
-  protocol as data arrives: one stream must not starve the others.)
+  core, ``tidings.wire.http2``, as data arrives: one stream must not starve the others.)
 - Out: ``send()`` writes DATA frames as far as the stream's and the connection's
   windows allow and waits for WINDOW_UPDATE for the rest: nothing is buffered beyond
   what the app handed over in the message it is sending. A response that waits longer
@@ -37,15 +38,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from h2.connection import ConnectionState
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError, StreamClosedError
-
 from tidings import _metrics
 from tidings._types import ASGIApp, Message
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._state import access_log, error_log, fmt_client, loggable, loggable_query
 from tidings.wire.headers import InvalidField, check_fields
+from tidings.wire.http2 import ErrorCode, StreamClosedError
 
 if TYPE_CHECKING:
     from tidings.server._http2 import H2Protocol
@@ -60,7 +58,6 @@ _CONNECTION_FIELDS: Final = frozenset(
 # RFC 9110 section 6.4.1: responses that never have content.
 _BODYLESS: Final = frozenset([*range(100, 200), 204, 304])
 _FILE_CHUNK: Final = 256 * 1024
-_CLOSED: Final = ConnectionState.CLOSED
 
 
 def status_headers(status: int) -> list[tuple[bytes, bytes]]:
@@ -78,6 +75,7 @@ class H2Stream:
         "body_delivered",
         "body_size",
         "buffered",
+        "declared",
         "disconnected",
         "head_sent",
         "is_head",
@@ -107,6 +105,7 @@ class H2Stream:
         self.body: list[bytes] = []
         self.buffered = 0  # flow-controlled bytes received and not yet credited back
         self.body_size = 0
+        self.declared = -1  # the request's Content-Length, if any (checked by the protocol)
         self.body_complete = False
         self.body_delivered = False
         self.last_body = 0.0
@@ -189,7 +188,7 @@ class H2Stream:
                 self.status = 500
                 protocol.respond(self.stream_id, 500)
             else:
-                protocol.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+                protocol.reset(self.stream_id, ErrorCode.INTERNAL_ERROR)
         self._response_ended()
 
     # -- receive ------------------------------------------------------------------------
@@ -259,21 +258,11 @@ class H2Stream:
                 await self._send_path(message["path"])
             else:
                 raise RuntimeError(f"unexpected ASGI message {mtype!r} during an HTTP response")
-        except ProtocolError as exc:
-            if not self.closed_under(exc):
-                raise
-            raise ClientDisconnected("client disconnected") from None
-
-    def closed_under(self, exc: ProtocolError) -> bool:
-        """Whether ``h2`` refused a frame because the stream or connection has closed.
-
-        Then the app's ``send()`` raises ``ClientDisconnected``, as over HTTP/1.1 once
-        the client has left; any other ``ProtocolError`` is a bug of ours, not the app's.
-        """
-        if isinstance(exc, StreamClosedError) or self.protocol.conn.state_machine.state is _CLOSED:
+        except StreamClosedError:
+            # The stream or the connection closed under the app: as over HTTP/1.1
+            # once the client has left.
             self.on_disconnect()
-            return True
-        return False
+            raise ClientDisconnected("client disconnected") from None
 
     def _start(self, message: Message) -> None:
         status = message["status"]
@@ -346,7 +335,7 @@ class H2Stream:
         if not more:
             if self.remaining > 0:
                 error_log.error("response body shorter than its Content-Length; resetting stream")
-                self.protocol.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+                self.protocol.reset(self.stream_id, ErrorCode.INTERNAL_ERROR)
                 self.trailers = False
             self._body_done()
 
@@ -366,7 +355,7 @@ class H2Stream:
             while True:
                 if self.disconnected:
                     raise ClientDisconnected("client disconnected")
-                window = conn.local_flow_control_window(sid)
+                window = conn.send_window(sid)
                 frame = conn.max_outbound_frame_size
                 while window > 0 and pos < size:
                     n = min(window, frame, size - pos)
@@ -380,9 +369,8 @@ class H2Stream:
                     break
                 protocol.flush()
                 await self._wait_window()
-        except ProtocolError as exc:
-            if not self.closed_under(exc):
-                raise
+        except StreamClosedError:
+            self.on_disconnect()
             raise ClientDisconnected("client disconnected") from None
         self.sent += size
         protocol.flush_soon(size)
@@ -440,7 +428,7 @@ class H2Stream:
                 await self._write(chunk, left == 0)
             if left:
                 # The file shrank under us: the client must not take it for complete.
-                self.protocol.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+                self.protocol.reset(self.stream_id, ErrorCode.INTERNAL_ERROR)
         finally:
             os.close(fd)
         self.trailers = False

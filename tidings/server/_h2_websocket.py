@@ -42,8 +42,6 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
-from h2.errors import ErrorCodes
-
 from tidings import _metrics
 from tidings._asgi import (
     ACCEPTED,
@@ -75,6 +73,7 @@ from tidings.wire import (
 )
 from tidings.wire.handshake import parse_extensions
 from tidings.wire.headers import InvalidField, check_fields
+from tidings.wire.http2 import ErrorCode, StreamClosedError
 
 if TYPE_CHECKING:
     from tidings.server._http2 import H2Protocol
@@ -173,7 +172,7 @@ class H2WebSocket(H2Stream):
             # The client ended its side without a closing handshake (RFC 8441 section
             # 5: END_STREAM is the TCP FIN).
             self._finish(_disconnect(1006))
-            self._end_stream(ErrorCodes.NO_ERROR)
+            self._end_stream(ErrorCode.NO_ERROR)
 
     def on_disconnect(self) -> None:
         super().on_disconnect()
@@ -248,7 +247,7 @@ class H2WebSocket(H2Stream):
                 fmt_client(self.ws_scope["client"]),
             )
             self._finish(_disconnect(1008, "send buffer full"))
-            self._end_stream(ErrorCodes.CANCEL)
+            self._end_stream(ErrorCode.CANCEL)
             return
         self._spawn(self._out_later(out, end, len(out)))
 
@@ -279,7 +278,7 @@ class H2WebSocket(H2Stream):
         except ClientDisconnected:
             pass  # the client is gone: nothing left to tell it
 
-    def _end_stream(self, code: ErrorCodes) -> None:
+    def _end_stream(self, code: ErrorCode) -> None:
         if not self._ended:
             self._ended = True
             self.protocol.reset(self.stream_id, code)
@@ -310,7 +309,7 @@ class H2WebSocket(H2Stream):
     def _app_failed(self, exc: Exception) -> None:
         if self._done is not None or isinstance(exc, ClientDisconnected):
             error_log.debug("ASGI application stopped after the client left: %r", exc)
-            self._end_stream(ErrorCodes.CANCEL)
+            self._end_stream(ErrorCode.CANCEL)
         elif self._core is None:
             error_log.error("Exception in ASGI application before accept", exc_info=exc)
             self._refuse_plain(500)
@@ -323,7 +322,7 @@ class H2WebSocket(H2Stream):
             if not self.head_sent:
                 self._refuse_plain(403)  # returning without an answer is a refusal
             else:
-                self._end_stream(ErrorCodes.INTERNAL_ERROR)  # a denial left unfinished
+                self._end_stream(ErrorCode.INTERNAL_ERROR)  # a denial left unfinished
         elif self._done is None:
             self._close(1000, "")
         elif not self._ended:
@@ -434,7 +433,10 @@ class H2WebSocket(H2Stream):
         self.status = 200
         if (m := _metrics.ACTIVE) is not None:
             m.ws_accepted += 1
-        self.protocol.conn.send_headers(self.stream_id, fields, end_stream=False)
+        try:
+            self.protocol.conn.send_headers(self.stream_id, fields, end_stream=False)
+        except StreamClosedError:  # reset by the client meanwhile
+            raise ClientDisconnected("WebSocket connection is closed") from None
         self.protocol.flush()
         core = self._core = WebSocketConnection(
             max_message_size=settings.max_message_size,
@@ -465,7 +467,10 @@ class H2WebSocket(H2Stream):
             self.head_sent = True
             self.status = action.status
             self._finish(_disconnect(1006))
-            self.protocol.conn.send_headers(self.stream_id, fields, end_stream=False)
+            try:
+                self.protocol.conn.send_headers(self.stream_id, fields, end_stream=False)
+            except StreamClosedError:
+                raise ClientDisconnected("WebSocket connection is closed") from None
         async with self._lock:
             await self._write(action.body, not action.more_body)
         if not action.more_body:

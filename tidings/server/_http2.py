@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-The ``h2`` library is the protocol core, driven bytes in, events out: ``data_received``
-feeds it, routes its events to the connection's streams (``_h2_stream.H2Stream``, one
-ASGI ``http`` scope with ``http_version`` "2" and one task each) and writes what it has
+``tidings.wire.http2.HTTP2Connection`` is the protocol core (frames, stream states,
+flow control, SETTINGS, HPACK), driven bytes in, events out: ``data_received`` feeds
+it, routes its events to the connection's streams (``_h2_stream.H2Stream``, one ASGI
+``http`` scope with ``http_version`` "2" and one task each) and writes what it has
 queued, once per read. Three ways in:
 
 - TLS with ALPN: ``AlpnSelector`` is the protocol the server creates for a TLS
@@ -22,17 +23,18 @@ unless ``--no-h2-connect-protocol``) is a WebSocket on its stream: an ``H2WebSoc
 
 Limits (RFC 9113 section 10.5; each has a test in ``tests/security/test_h2_*``):
 
-- at most ``--h2-max-concurrent-streams`` streams whose app runs: more are refused
-  with REFUSED_STREAM, which h2 alone would make a connection error;
-- ``_h2_frames.FrameMeter`` reads the frame headers before ``h2`` does: a header block
-  (HEADERS plus CONTINUATION) larger than ``--h2-max-header-list-size`` ends the
-  connection before it is buffered; ``h2``'s HPACK decoder caps the decoded list at
-  the same size (an HPACK bomb);
-- RST_STREAM frames (from the client, plus streams we refuse) past ``_MAX_RESETS`` a
-  second: GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487);
+- at most ``--h2-max-concurrent-streams`` open streams (the core's count) and as many
+  apps running (ours: an app may outlive its stream): more are refused with
+  REFUSED_STREAM, a stream error (RFC 9113 section 5.1.2);
+- the core collects a header block (HEADERS plus CONTINUATION) only up to
+  ``--h2-max-header-list-size`` octets, and its HPACK decoder caps the decoded list at
+  the same size (an HPACK bomb): past either, GOAWAY ENHANCE_YOUR_CALM;
+- RST_STREAM frames (from the client, plus the stream errors and refusals we answer,
+  the core's ``resets``) past ``_MAX_RESETS`` a second: GOAWAY ENHANCE_YOUR_CALM
+  (rapid reset, CVE-2023-44487), checked before the read's events run;
 - PING and SETTINGS frames received while the client is not reading what we write
-  (the socket is above its high-water mark), past ``_MAX_UNREAD_CONTROL``: the
-  connection is aborted (each would queue an ACK);
+  (the socket is above its high-water mark), past ``_MAX_UNREAD_CONTROL`` (the core's
+  ``control``): the connection is aborted (each queues an ACK);
 - request bodies: per-stream windows (``_h2_stream``), ``--max-body-size``,
   ``--body-timeout``; responses: ``--h2-stall-timeout`` for a closed window.
 
@@ -45,13 +47,13 @@ closed if it stays silent for ``--ws-ping-timeout`` more (``_keepalive``).
 Graceful shutdown (``shutdown``): GOAWAY (NO_ERROR, the last stream id received) is
 sent at once, streams that arrive later are refused, streams in flight complete and the
 connection closes when the last app returns. A client's GOAWAY, like a connection
-error, is a disconnect for every app still running (``h2`` sends nothing after it):
+error, is a disconnect for every app still running (a client sends it as it leaves):
 their ``send()`` raises ``ClientDisconnected``, and the connection closes once they
 return.
 
 What must not go here: ASGI ``receive``/``send`` (``_h2_stream``, ``_h2_websocket``),
-reading a request's header list (``_h2_request``), HTTP/1.1, anything that knows about
-Django.
+reading a request's header list (``_h2_request``), frame parsing or protocol state
+(``tidings.wire.http2``), HTTP/1.1, anything that knows about Django.
 """
 
 from __future__ import annotations
@@ -61,24 +63,23 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-import h2.events as ev
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes, Settings
-from hpack.exceptions import HPACKError
-from hyperframe.frame import GoAwayFrame
-
+from tidings import _metrics
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._flow import WriteFlowControl
-from tidings.server._h2_frames import PREFACE, FrameMeter
 from tidings.server._h2_hpack import StaticEncoder
 from tidings.server._h2_request import MALFORMED, MalformedRequest, check_trailers, request_scope
 from tidings.server._h2_stream import H2Stream, status_headers
 from tidings.server._h2_websocket import H2WebSocket
 from tidings.server._http11 import SHUTDOWN_EXTENSION, HttpProtocol
 from tidings.server._state import ServerState, error_log, fmt_client, loggable
+from tidings.wire import http2 as ev
+from tidings.wire.http2 import (
+    PREFACE,
+    ErrorCode,
+    HTTP2Connection,
+    HTTP2ProtocolError,
+    StreamClosedError,
+)
 
 __all__ = ["AlpnSelector", "H2Protocol", "install"]
 
@@ -90,54 +91,24 @@ _MAX_RESETS: Final = 200
 # Each queues an ACK of 9 to 17 bytes: this bounds that queue at ~17 KiB above the
 # write high-water mark.
 _MAX_UNREAD_CONTROL: Final = 1000
-# Connection window credit sent back once this much request data has arrived.
-_CONNECTION_CREDIT: Final = 32 * 1024
-# A client's WINDOW_UPDATE can't open a window past this (RFC 9113 section 6.9.1).
-_MAX_WINDOW: Final = (1 << 31) - 1
-# Length (8: last stream id and error code, no debug data) and type (7) of h2's GOAWAY.
-_GOAWAY_HEAD: Final = b"\x00\x00\x08\x07"
 
 
-def _new_connection(state: ServerState) -> H2Connection:
-    """An ``h2`` server connection with our settings, its SETTINGS frame queued."""
+def _new_connection(state: ServerState) -> HTTP2Connection:
+    """A server connection core with our settings, its SETTINGS frame queued."""
     limits = state.config.limits
-    conn = H2Connection(
-        H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # Response fields are checked by check_fields (the HTTP/1.1 rules) and
-            # lower-cased by the stream: h2's outbound checks would repeat that work.
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            split_outbound_cookies=False,
-            # Request fields are checked by split_fields and check_trailers in one
-            # pass (_h2_request), at a fraction of the cost of h2's checks.
-            validate_inbound_headers=False,
-        )
-    )
-    values = {
-        SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
-        SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_initial_window_size,
-        SettingCodes.MAX_FRAME_SIZE: limits.h2_max_frame_size,
-        SettingCodes.MAX_HEADER_LIST_SIZE: limits.h2_max_header_list_size,
+    return HTTP2Connection(
+        StaticEncoder(),  # responses: cached encodings, no dynamic table
+        max_concurrent_streams=limits.h2_max_concurrent_streams,
+        initial_window_size=limits.h2_initial_window_size,
+        max_frame_size=limits.h2_max_frame_size,
+        max_header_list_size=limits.h2_max_header_list_size,
         # RFC 8441 section 3: WebSocket over HTTP/2 (extended CONNECT), unless switched off.
-        SettingCodes.ENABLE_CONNECT_PROTOCOL: int(state.config.h2_connect_protocol),
-    }
-    conn.local_settings = Settings(client=False, initial_values=values)
-    conn.encoder = StaticEncoder()  # responses: cached encodings, no dynamic table
-    conn.max_inbound_frame_size = limits.h2_max_frame_size
-    conn.decoder.max_header_list_size = limits.h2_max_header_list_size
-    conn.initiate_connection()
-    # h2 treats a stream over the advertised limit as a connection error; RFC 9113
-    # section 5.1.2 allows a stream error, which we give (REFUSED_STREAM, see
-    # H2Protocol._on_request): h2's own count must never trip first.
-    values[SettingCodes.MAX_CONCURRENT_STREAMS] = _MAX_WINDOW
-    conn.local_settings = Settings(client=False, initial_values=values)
-    return conn
+        enable_connect_protocol=state.config.h2_connect_protocol,
+    )
 
 
 class H2Protocol(WriteFlowControl, asyncio.Protocol):
-    """One HTTP/2 connection: feeds ``h2``, runs one ASGI app task per stream."""
+    """One HTTP/2 connection: feeds the core, runs one ASGI app task per stream."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
@@ -148,7 +119,6 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         self.root_path = config.root_path
         self.connect_protocol = config.h2_connect_protocol
         self.conn = _new_connection(state)
-        self.meter = FrameMeter(self.limits.h2_max_header_list_size)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
@@ -166,8 +136,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         self._closing = False  # GOAWAY sent or received: no new streams
         self._dead = False  # no more reading: a protocol error or a limit
         self._idle_since: float | None = time.monotonic()
-        self._credit = 0  # connection window to give back
-        self._unflushed = 0  # bytes queued in h2 since the last write (flush_soon)
+        self._unflushed = 0  # bytes queued in the core since the last write (flush_soon)
         self._flush_scheduled = False
         self._unread_control = 0
         self._reset_start = 0.0
@@ -178,7 +147,11 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._attach(cast(asyncio.Transport, transport))
+        # A TLS connection that chose h2 by ALPN: --max-accept-rate applies here (h2c
+        # was counted by the HTTP/1.1 protocol that took its first bytes).
+        bucket = self.state.admission
+        over_rate = bucket is not None and bucket.admit(time.monotonic()) > 0
+        self._attach(cast(asyncio.Transport, transport), over_rate=over_rate)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
@@ -198,16 +171,18 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         if not self._dead:
             self.data_received(data)
 
-    def _attach(self, transport: asyncio.Transport) -> None:
+    def _attach(self, transport: asyncio.Transport, *, over_rate: bool = False) -> None:
         self.transport = transport
         state = self.state
         state.connections.add(self)
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
-        if len(state.connections) > self.limits.max_connections or state.closing:
+        if over_rate:
+            _metrics.hit("max_accept_rate")
+        if over_rate or len(state.connections) > self.limits.max_connections or state.closing:
             # As over HTTP/1.1 (a 503 there): GOAWAY before any stream, and close; the
             # client may retry elsewhere.
             self._dead = True
-            self._goaway(ErrorCodes.NO_ERROR)
+            self._goaway(ErrorCode.NO_ERROR)
             transport.close()
             return
         self.flush()  # our SETTINGS: the server's preface (RFC 9113 section 3.4)
@@ -233,54 +208,54 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             return
         self._last_heard = time.monotonic()
         self._ping_sent = None  # anything from the client shows it is there
-        meter = self.meter
-        if not meter.feed(data):
-            if meter.frame_size_error:
-                self._end(ErrorCodes.FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
+        conn = self.conn
+        try:
+            events = conn.receive_data(data)
+        except HTTP2ProtocolError as exc:
+            if exc.error_code == ErrorCode.ENHANCE_YOUR_CALM:
+                # A limit of ours (a header block or list past --h2-max-header-list-size).
+                error_log.warning(
+                    "%s - HTTP/2 connection closed: %s", fmt_client(self.client), exc.reason
+                )
             else:
-                self._calm("a header block larger than --h2-max-header-list-size")
+                error_log.info(
+                    "%s - HTTP/2 protocol error: %s", fmt_client(self.client), loggable(str(exc))
+                )
+            self._dead = True
+            self._disconnect_all()
+            self.flush()  # the core has queued its GOAWAY
+            if self._write_paused:
+                self.transport.abort()  # it doesn't read: don't wait to write to it
+            else:
+                self.transport.close()
             return
-        if meter.resets:
-            resets, meter.resets = meter.resets, 0
+        # The counts are checked before the events run: past a limit, nothing of
+        # this read reaches an app.
+        if conn.resets:
+            resets, conn.resets = conn.resets, 0
             if not self._count_resets(resets):
                 return
-        if meter.control:
+        if conn.control:
             if self._write_paused:
-                self._unread_control += meter.control
+                self._unread_control += conn.control
                 if self._unread_control > _MAX_UNREAD_CONTROL:
                     self._calm("PING/SETTINGS frames while not reading the answers")
                     return
-            meter.control = 0
+            conn.control = 0
+        # What this read queues (ACKs, window updates) and what the apps it wakes send
+        # in this turn of the loop leave in one write, after them: the flush is
+        # scheduled once the events have run, behind the tasks they woke.
+        scheduled = self._flush_scheduled
+        self._flush_scheduled = True
         try:
-            events = self.conn.receive_data(data)
-        except ProtocolError as exc:
-            error_log.info(
-                "%s - HTTP/2 protocol error: %s", fmt_client(self.client), loggable(str(exc))
-            )
-            self._dead = True
-            self._disconnect_all()  # h2 refuses every send from now on
-            if isinstance(exc.__cause__ or exc.__context__, HPACKError):
-                # h2 answers a header block it cannot decode with PROTOCOL_ERROR; RFC
-                # 9113 section 4.3 asks for COMPRESSION_ERROR. Its GOAWAY is the last
-                # frame it queued: send ours in its place.
-                data = self.conn.data_to_send()
-                if data[-17:-13] == _GOAWAY_HEAD:
-                    data = data[:-17]
-                self.transport.write(data)
-                self._goaway(ErrorCodes.COMPRESSION_ERROR)
-            else:
-                self.flush()  # h2 has queued its GOAWAY
-            self.transport.close()
-            return
-        handlers = _HANDLERS
-        for event in events:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
-        if self._credit >= _CONNECTION_CREDIT:
-            self.conn.increment_flow_control_window(self._credit)
-            self._credit = 0
-        self.flush()
+            handlers = _HANDLERS
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+        finally:
+            if not scheduled:
+                self.loop.call_soon(self._flush_later)
 
     def eof_received(self) -> bool | None:
         return False  # as over HTTP/1.1: the client has gone
@@ -290,25 +265,30 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
     def _on_request(self, event: ev.RequestReceived) -> None:
         sid = event.stream_id
         if self._closing:
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
         if len(self.running) >= self.limits.h2_max_concurrent_streams:
+            # The core refuses streams past the limit it advertised; an app may still
+            # run after its stream closed.
             if self._count_resets(1):
-                self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+                self.conn.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
-        scope = request_scope(self, event.headers, event.stream_ended is not None)
-        if scope == MALFORMED:
+        ended = event.ended
+        request = request_scope(self, event.headers, ended)
+        if request == MALFORMED:
             self._malformed(sid)
             return
-        if isinstance(scope, int):
-            self.respond(sid, scope)
-            if event.stream_ended is None:
-                self.reset(sid, ErrorCodes.NO_ERROR)  # we won't read its body
+        if isinstance(request, int):
+            self.respond(sid, request)
+            if not ended:
+                self.reset(sid, ErrorCode.NO_ERROR)  # we won't read its body
             return
+        scope, declared = request
         if scope["method"] == "CONNECT":
             stream: H2Stream = H2WebSocket(self, sid, scope)
         else:
             stream = H2Stream(self, sid, scope)
+        stream.declared = declared
         stream.last_body = time.monotonic()
         self.streams[sid] = stream
         self.running.add(stream)
@@ -316,20 +296,24 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         task = self.loop.create_task(stream.run(self.state.app))
         stream.task = task
         self.state.tasks.add(task)
+        if ended:
+            stream.on_end()
 
     def _on_data(self, event: ev.DataReceived) -> None:
-        flow = event.flow_controlled_length
-        self._credit += flow
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.body_delivered:
             return
-        stream.on_data(event.data, flow)
+        stream.on_data(event.data, event.flow_controlled_length)
+        declared = stream.declared
+        if declared >= 0 and (
+            stream.body_size > declared or (event.ended and stream.body_size != declared)
+        ):
+            # RFC 9113 section 8.1.1: DATA that disagrees with Content-Length.
+            self._malformed(event.stream_id)
+            return
         if stream.body_size > self.limits.max_body_size:
             self._too_large(stream)
-
-    def _on_end(self, event: ev.StreamEnded) -> None:
-        stream = self.streams.get(event.stream_id)
-        if stream is not None:
+        elif event.ended:
             stream.on_end()
 
     def _on_trailers(self, event: ev.TrailersReceived) -> None:
@@ -341,7 +325,11 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             self._malformed(event.stream_id)
             return
         stream = self.streams.get(event.stream_id)
-        if stream is not None and event.stream_ended is not None:
+        if stream is not None:
+            declared = stream.declared
+            if declared >= 0 and stream.body_size != declared:
+                self._malformed(event.stream_id)
+                return
             stream.on_end()
 
     def _malformed(self, sid: int) -> None:
@@ -349,7 +337,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         stream = self.streams.pop(sid, None)
         if stream is not None:
             stream.on_disconnect()
-        self.reset(sid, ErrorCodes.PROTOCOL_ERROR)
+        self.reset(sid, ErrorCode.PROTOCOL_ERROR)
 
     def _on_reset(self, event: ev.StreamReset) -> None:
         stream = self.streams.pop(event.stream_id, None)
@@ -365,13 +353,13 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         else:
             self._wake_windows()
 
-    def _on_settings(self, event: ev.RemoteSettingsChanged) -> None:
+    def _on_settings(self, event: ev.SettingsChanged) -> None:
         self._wake_windows()  # SETTINGS_INITIAL_WINDOW_SIZE may have opened windows
 
     def _on_goaway(self, event: ev.ConnectionTerminated) -> None:
-        # RFC 9113 section 6.8 lets the streams in flight complete, but h2 sends nothing
-        # once it has received GOAWAY (h2load sends one as it stops): for the apps still
-        # running, the client has left, as if the connection were lost.
+        # RFC 9113 section 6.8 lets the streams in flight complete, but a client sends
+        # GOAWAY as it leaves (h2load does as it stops): for the apps still running,
+        # the client has left, as if the connection were lost.
         self._closing = True
         self._disconnect_all()
         if not self.running:
@@ -397,22 +385,22 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             self.respond(stream.stream_id, 413)
             # The answer is complete: NO_ERROR asks the client to stop sending the body
             # without discarding the answer (RFC 9113 section 8.1).
-            self.reset(stream.stream_id, ErrorCodes.NO_ERROR)
+            self.reset(stream.stream_id, ErrorCode.NO_ERROR)
         else:
-            self.reset(stream.stream_id, ErrorCodes.CANCEL)
+            self.reset(stream.stream_id, ErrorCode.CANCEL)
         self.streams.pop(stream.stream_id, None)
 
     # -- what streams call --------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what ``h2`` has queued."""
+        """Write what the core has queued."""
         self._unflushed = 0
         data = self.conn.data_to_send()
         if data and not self.lost:
             self.transport.write(data)
 
     def flush_soon(self, size: int) -> None:
-        """Write what ``h2`` has queued once this turn of the event loop is over.
+        """Write what the core has queued once this turn of the event loop is over.
 
         The responses of the streams that run in one turn then leave in one write
         (one system call instead of one each). ``size`` is what was just queued: past
@@ -441,12 +429,13 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             raise ClientDisconnected("client disconnected")
 
     def credit(self, stream_id: int, n: int) -> None:
-        """Reopen a stream's receive window by ``n`` bytes the app has taken."""
-        try:
-            self.conn.increment_flow_control_window(n, stream_id)
-        except ProtocolError:  # the stream or the connection has closed meanwhile
-            return
-        self.flush()
+        """Reopen a stream's receive window by ``n`` bytes the app has taken.
+
+        The WINDOW_UPDATE leaves with whatever else this turn of the loop writes (a
+        WebSocket's echo, the end of ``data_received``): one write, not two.
+        """
+        self.conn.open_window(stream_id, n)  # nothing once the stream has closed
+        self.flush_soon(0)
 
     def respond(
         self, stream_id: int, status: int, fields: list[tuple[bytes, bytes]] | None = None
@@ -457,15 +446,12 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             headers += fields
         try:
             self.conn.send_headers(stream_id, headers, end_stream=True)
-        except ProtocolError:  # the stream or the connection has closed
+        except StreamClosedError:  # the stream or the connection has closed
             return
         self.flush()
 
-    def reset(self, stream_id: int, code: ErrorCodes) -> None:
-        try:
-            self.conn.reset_stream(stream_id, code)
-        except ProtocolError:  # the stream or the connection has closed
-            return
+    def reset(self, stream_id: int, code: ErrorCode) -> None:
+        self.conn.reset_stream(stream_id, code)  # nothing once the stream has closed
         self.flush()
 
     def stream_done(self, stream: H2Stream) -> None:
@@ -475,7 +461,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         if not stream.body_complete and not stream.disconnected:
             # RFC 9113 section 8.1: the response is complete, the request is not;
             # ask the client to stop sending it.
-            self.reset(stream.stream_id, ErrorCodes.NO_ERROR)
+            self.reset(stream.stream_id, ErrorCode.NO_ERROR)
 
     def task_done(self, stream: H2Stream) -> None:
         """The app task of ``stream`` has ended."""
@@ -505,9 +491,12 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
     def _calm(self, why: str) -> None:
         """GOAWAY ENHANCE_YOUR_CALM and close: the client broke one of our limits."""
         error_log.warning("%s - HTTP/2 connection closed: %s", fmt_client(self.client), why)
-        self._end(ErrorCodes.ENHANCE_YOUR_CALM, "")
+        # What the core queued for the offending read (the RST_STREAMs or ACKs that
+        # broke the limit) is dropped: GOAWAY goes out alone.
+        self.conn.data_to_send()
+        self._end(ErrorCode.ENHANCE_YOUR_CALM, "")
 
-    def _end(self, code: ErrorCodes, why: str) -> None:
+    def _end(self, code: ErrorCode, why: str) -> None:
         """GOAWAY with ``code`` and close: a connection error (logged here if ``why``)."""
         if why:
             error_log.info("%s - HTTP/2 protocol error: %s", fmt_client(self.client), why)
@@ -519,15 +508,10 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         else:
             self.transport.close()
 
-    def _goaway(self, code: ErrorCodes) -> None:
-        """Send GOAWAY with the last stream id we received, after what h2 has queued."""
+    def _goaway(self, code: ErrorCode) -> None:
+        """Send GOAWAY with the last stream id we received, after what is queued."""
+        self.conn.send_goaway(code)
         self.flush()
-        if self.lost:
-            return
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.conn.highest_inbound_stream_id
-        frame.error_code = code
-        self.transport.write(frame.serialize())
 
     # -- lifecycle hooks used by the server ---------------------------------------------
 
@@ -538,7 +522,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         idle = self._idle_since
         if idle is not None and not self.running and now - idle > t.keepalive:
             self._closing = True
-            self._goaway(ErrorCodes.NO_ERROR)
+            self._goaway(ErrorCode.NO_ERROR)
             self.transport.close()
             return
         if self.running and not self._keepalive(now):
@@ -558,7 +542,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
             error_log.info("%s - HTTP/2 stream reset: %s", fmt_client(self.client), why)
             stream.on_disconnect()
             self.streams.pop(stream.stream_id, None)
-            self.reset(stream.stream_id, ErrorCodes.CANCEL)
+            self.reset(stream.stream_id, ErrorCode.CANCEL)
 
     def _keepalive(self, now: float) -> bool:
         """PING a silent connection whose streams run; False once it has been closed.
@@ -578,7 +562,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
                     "%s - HTTP/2 connection closed: keepalive PING unanswered (--ws-ping-timeout)",
                     fmt_client(self.client),
                 )
-                self._end(ErrorCodes.NO_ERROR, "")
+                self._end(ErrorCode.NO_ERROR, "")
                 return False
         elif settings.ping_interval is not None and now - self._last_heard > settings.ping_interval:
             self._ping_sent = now
@@ -590,7 +574,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         if self._closing or self.lost:
             return
         self._closing = True
-        self._goaway(ErrorCodes.NO_ERROR)
+        self._goaway(ErrorCode.NO_ERROR)
         for stream in list(self.streams.values()):
             stream.shutdown()  # WebSockets close with 1001; responses complete
         self.flush()
@@ -608,11 +592,10 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
 _HANDLERS: Final[dict[type, Callable[[H2Protocol, Any], None]]] = {
     ev.RequestReceived: H2Protocol._on_request,
     ev.DataReceived: H2Protocol._on_data,
-    ev.StreamEnded: H2Protocol._on_end,
     ev.TrailersReceived: H2Protocol._on_trailers,
     ev.StreamReset: H2Protocol._on_reset,
     ev.WindowUpdated: H2Protocol._on_window,
-    ev.RemoteSettingsChanged: H2Protocol._on_settings,
+    ev.SettingsChanged: H2Protocol._on_settings,
     ev.ConnectionTerminated: H2Protocol._on_goaway,
 }
 

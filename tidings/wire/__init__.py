@@ -12,6 +12,9 @@ HTTP pieces: ``headers`` checks the header fields an application sends
 (``check_fields``; ``InvalidField``, a ``ValueError``, says what was wrong);
 ``http11`` holds the HTTP/1.1 request-head rules (``check_request_head``) and the
 one writer of response heads (``frame_response``) with chunk and trailer framing.
+``http2`` is the server side of an HTTP/2 connection (``HTTP2Connection``; its error
+codes, errors and events in ``http2_events``), with HPACK in ``hpack``; import them
+from their modules.
 
 Error tree (all importable from here)::
 
