@@ -10,9 +10,11 @@ here reads a clock, owns a timer or touches a socket.
 
 Receiving walks the 9-octet frame headers (section 4.1) of the bytes as they come,
 keeps a partial frame for the next call, and hands each whole frame to the handler of
-its type (``_HANDLERS``, one method per type of section 6; unknown types are skipped,
-section 5.5). A header block (HEADERS plus CONTINUATION, section 6.10) is collected up
-to ``max_header_list_size`` octets and then decoded with HPACK (RFC 7541).
+its type (``_HANDLERS``, one per type of section 6: methods here for DATA, HEADERS
+and CONTINUATION, functions of ``_http2_frames`` for the control frames, which also
+holds the wire's constants; unknown types are skipped, section 5.5). A header block
+(HEADERS plus CONTINUATION, section 6.10) is collected up to ``max_header_list_size``
+octets and then decoded with HPACK (RFC 7541).
 
 Errors (section 5.4): a connection error queues GOAWAY with the code of section 7,
 stops all further processing and raises ``HTTP2ProtocolError``; events returned by
@@ -51,10 +53,47 @@ logging, asyncio.
 
 from __future__ import annotations
 
-import struct
 from itertools import islice
 from typing import Final, Protocol
 
+from tidings.wire import _http2_frames as _control
+from tidings.wire._http2_frames import (
+    ACK,
+    CLOSED_KEPT,
+    CONTINUATION,
+    DATA,
+    DEFAULT_FRAME_SIZE,
+    DEFAULT_WINDOW,
+    ENABLE_CONNECT_PROTOCOL,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    ENDED,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    LARGEST_FRAME_SIZE,
+    LOCAL_CLOSED,
+    MAX_CONCURRENT_STREAMS,
+    MAX_CONTINUATIONS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    MAX_WINDOW,
+    OPEN,
+    PADDED,
+    PING,
+    PRIORITY_FLAG,
+    REMOTE_CLOSED,
+    RESET_BY_US,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    frame,
+    pack_head,
+    unpack_head,
+)
 from tidings.wire.hpack import Decoder, Encoder, HeaderListTooLarge, HpackError
 from tidings.wire.http2_events import (
     ConnectionTerminated,
@@ -106,48 +145,6 @@ class HeaderEncoder(Protocol):
     def set_max_table_size(self, size: int) -> None: ...
 
 
-# -- the wire -----------------------------------------------------------------------------
-
-# Frame types (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
-PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
-# Flags.
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-
-# SETTINGS identifiers (section 6.5.2; RFC 8441 section 3 for 0x8).
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
-INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
-ENABLE_CONNECT_PROTOCOL = 0x8
-
-_DEFAULT_WINDOW: Final = 65535  # section 6.9.2
-_DEFAULT_FRAME_SIZE: Final = 16384  # section 4.2
-_MAX_FRAME_SIZE: Final = (1 << 24) - 1
-_MAX_WINDOW: Final = (1 << 31) - 1  # section 6.9.1
-# CONTINUATION frames one header block may have: empty ones would grow nothing else
-# (CVE-2024-27316 class). A block at the largest list size in frames of the smallest
-# size needs a handful.
-_MAX_CONTINUATIONS: Final = 128
-# Closed streams remembered for late frames (section 5.1): at most twice this many.
-_CLOSED_KEPT: Final = 1024
-
-_HEAD: Final = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
-_pack_head = _HEAD.pack
-_unpack_head = _HEAD.unpack_from
-_U32: Final = struct.Struct(">L")
-_SETTING: Final = struct.Struct(">HL")
-
-# Stream states (section 5.1): what is still open. Closed streams are not in _streams.
-_OPEN, _REMOTE_CLOSED, _LOCAL_CLOSED = 0, 1, 2
-# How a remembered stream closed.
-_RESET_BY_US, _RESET_BY_CLIENT, _ENDED = 0, 1, 2
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One frame on the wire (RFC 9113 section 4.1)."""
-    n = len(payload)
-    return _pack_head(n >> 16, n & 0xFFFF, kind, flags, stream_id) + payload
-
-
 class _Stream:
     __slots__ = ("recv_window", "send_window", "state", "taken")
 
@@ -179,14 +176,14 @@ class HTTP2Connection:
         encoder: HeaderEncoder | None = None,
         *,
         max_concurrent_streams: int = 100,
-        initial_window_size: int = _DEFAULT_WINDOW,
-        max_frame_size: int = _DEFAULT_FRAME_SIZE,
+        initial_window_size: int = DEFAULT_WINDOW,
+        max_frame_size: int = DEFAULT_FRAME_SIZE,
         max_header_list_size: int = 65536,
         enable_connect_protocol: bool = False,
     ) -> None:
-        if not _DEFAULT_FRAME_SIZE <= max_frame_size <= _MAX_FRAME_SIZE:
+        if not DEFAULT_FRAME_SIZE <= max_frame_size <= LARGEST_FRAME_SIZE:
             raise ValueError("max_frame_size must be between 2**14 and 2**24-1")
-        if not 0 <= initial_window_size <= _MAX_WINDOW:
+        if not 0 <= initial_window_size <= MAX_WINDOW:
             raise ValueError("initial_window_size must be between 0 and 2**31-1")
         self.encoder: HeaderEncoder = Encoder() if encoder is None else encoder
         self.decoder = Decoder(max_header_list_size=max_header_list_size)
@@ -194,7 +191,7 @@ class HTTP2Connection:
         self.max_inbound_frame_size = max_frame_size
         self.max_header_list_size = max_header_list_size
         #: The largest frame the client accepts (its SETTINGS_MAX_FRAME_SIZE).
-        self.max_outbound_frame_size = _DEFAULT_FRAME_SIZE
+        self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
         #: The highest stream id the client has opened (for GOAWAY).
         self.highest_inbound_stream_id = 0
         #: The client's SETTINGS, as received.
@@ -215,11 +212,11 @@ class HTTP2Connection:
         self._buffered = 0
         self._needed = 0
         self._preface = True  # the client preface is still expected
-        self._remote_initial = _DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
-        self._local_initial = _DEFAULT_WINDOW  # ours, once the client acknowledged it
+        self._remote_initial = DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self._local_initial = DEFAULT_WINDOW  # ours, once the client acknowledged it
         self._pending_initial = initial_window_size  # ours, until then
-        self._send_window = _DEFAULT_WINDOW  # the connection's, client side
-        self._recv_window = _DEFAULT_WINDOW  # the connection's, ours
+        self._send_window = DEFAULT_WINDOW  # the connection's, client side
+        self._recv_window = DEFAULT_WINDOW  # the connection's, ours
         self._recv_used = 0  # connection window used since last replenished
         self._block: list[bytes] = []  # the header block being collected
         self._block_size = 0
@@ -236,7 +233,7 @@ class HTTP2Connection:
         ]
         if enable_connect_protocol:
             settings.append((ENABLE_CONNECT_PROTOCOL, 1))
-        payload = b"".join(_SETTING.pack(k, v) for k, v in settings)
+        payload = b"".join(SETTING.pack(k, v) for k, v in settings)
         self._out.append(frame(SETTINGS, 0, 0, payload))
 
     # -- receiving ------------------------------------------------------------------------
@@ -277,7 +274,7 @@ class HTTP2Connection:
         limit = self.max_inbound_frame_size
         needed = 9
         while size - pos >= 9:
-            high, low, kind, flags, sid = _unpack_head(data, pos)
+            high, low, kind, flags, sid = unpack_head(data, pos)
             length = high << 16 | low
             if length > limit:
                 self._fail(
@@ -289,7 +286,7 @@ class HTTP2Connection:
                 break
             payload = data[pos + 9 : end]
             pos = end
-            sid &= _MAX_WINDOW  # the reserved bit is ignored (section 4.1)
+            sid &= MAX_WINDOW  # the reserved bit is ignored (section 4.1)
             if self._block_sid and kind != CONTINUATION:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "a frame inside a header block")
             if kind < 10:
@@ -316,16 +313,16 @@ class HTTP2Connection:
     def _stream_error(self, sid: int, code: ErrorCode) -> None:
         """RST_STREAM for a client's error on ``sid`` (section 5.4.2)."""
         self.resets += 1
-        self._out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        self._out.append(frame(RST_STREAM, 0, sid, U32.pack(code)))
         if self._streams.pop(sid, None) is not None:
-            self._remember(sid, _RESET_BY_US)
+            self._remember(sid, RESET_BY_US)
             self._events.append(StreamReset(sid, code, False))
 
     def _remember(self, sid: int, how: int) -> None:
         closed = self._closed
         closed[sid] = how
-        if len(closed) > 2 * _CLOSED_KEPT:
-            self._closed = dict(islice(closed.items(), _CLOSED_KEPT, None))
+        if len(closed) > 2 * CLOSED_KEPT:
+            self._closed = dict(islice(closed.items(), CLOSED_KEPT, None))
 
     def _idle(self, sid: int) -> bool:
         """Whether ``sid`` names a stream the client has not opened (section 5.1)."""
@@ -339,9 +336,9 @@ class HTTP2Connection:
         if self._recv_window < 0:
             self._fail(ErrorCode.FLOW_CONTROL_ERROR, "the connection window was exceeded")
         used = self._recv_used + n
-        if used >= _DEFAULT_WINDOW // 2:
+        if used >= DEFAULT_WINDOW // 2:
             self._recv_window += used
-            self._out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(used)))
+            self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(used)))
             used = 0
         self._recv_used = used
 
@@ -361,10 +358,10 @@ class HTTP2Connection:
         if stream is None:
             if self._idle(sid):
                 self._fail(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
-            if self._closed.get(sid) != _RESET_BY_US:
+            if self._closed.get(sid) != RESET_BY_US:
                 self._stream_error(sid, ErrorCode.STREAM_CLOSED)
             return
-        if stream.state == _REMOTE_CLOSED:
+        if stream.state == REMOTE_CLOSED:
             self._stream_error(sid, ErrorCode.STREAM_CLOSED)
             return
         stream.recv_window -= flow
@@ -394,7 +391,7 @@ class HTTP2Connection:
             if end - start < 5:
                 self._fail(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             # RFC 7540 section 5.3.1: a stream cannot depend on itself.
-            bad = _U32.unpack_from(payload, start)[0] & _MAX_WINDOW == sid
+            bad = U32.unpack_from(payload, start)[0] & MAX_WINDOW == sid
             start += 5
         fragment = payload[start:end] if start or end < len(payload) else payload
         if flags & END_HEADERS:
@@ -416,7 +413,7 @@ class HTTP2Connection:
         if self._block_size > self.max_header_list_size:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "a header block larger than allowed")
         self._block.append(payload)
-        if len(self._block) > _MAX_CONTINUATIONS:
+        if len(self._block) > MAX_CONTINUATIONS:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "a header block in too many frames")
         if flags & END_HEADERS:
             block = b"".join(self._block)
@@ -440,13 +437,13 @@ class HTTP2Connection:
                 self.highest_inbound_stream_id = sid
                 if bad:
                     self._stream_error(sid, ErrorCode.PROTOCOL_ERROR)
-                    self._remember(sid, _RESET_BY_US)
+                    self._remember(sid, RESET_BY_US)
                 elif len(streams) >= self.max_concurrent_streams:
                     self._stream_error(sid, ErrorCode.REFUSED_STREAM)
-                    self._remember(sid, _RESET_BY_US)
+                    self._remember(sid, RESET_BY_US)
                 else:
                     streams[sid] = _Stream(
-                        _REMOTE_CLOSED if ended else _OPEN,
+                        REMOTE_CLOSED if ended else OPEN,
                         self._remote_initial,
                         self._local_initial,
                     )
@@ -455,12 +452,12 @@ class HTTP2Connection:
             how = self._closed.get(sid)
             if how is None:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "a stream id lower than one already used")
-            if how != _RESET_BY_US:
+            if how != RESET_BY_US:
                 self._stream_error(sid, ErrorCode.STREAM_CLOSED)
             return
         if bad:
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR)
-        elif stream.state == _REMOTE_CLOSED:
+        elif stream.state == REMOTE_CLOSED:
             self._stream_error(sid, ErrorCode.STREAM_CLOSED)
         elif not ended:
             # Section 8.1: a second header section is trailers, which end the stream.
@@ -470,133 +467,11 @@ class HTTP2Connection:
             self._events.append(TrailersReceived(sid, headers))
 
     def _remote_end(self, sid: int, stream: _Stream) -> None:
-        if stream.state == _LOCAL_CLOSED:
+        if stream.state == LOCAL_CLOSED:
             del self._streams[sid]
-            self._remember(sid, _ENDED)
+            self._remember(sid, ENDED)
         else:
-            stream.state = _REMOTE_CLOSED
-
-    def _on_priority(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.3; priority signals themselves are ignored (section 5.3.2).
-        if not sid:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
-        if len(payload) != 5:
-            self._stream_error(sid, ErrorCode.FRAME_SIZE_ERROR)
-        elif _U32.unpack_from(payload)[0] & _MAX_WINDOW == sid:
-            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR)
-
-    def _on_rst_stream(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.4.
-        if not sid:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if len(payload) != 4:
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM not of 4 octets")
-        self.resets += 1
-        if self._streams.pop(sid, None) is None:
-            if self._idle(sid):
-                self._fail(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-            return
-        self._remember(sid, _RESET_BY_CLIENT)
-        self._events.append(StreamReset(sid, _U32.unpack(payload)[0], True))
-
-    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.5.
-        if sid:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            if payload:
-                self._fail(ErrorCode.FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
-            self._settings_acknowledged()
-            return
-        if len(payload) % 6:
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 octets")
-        self.control += 1
-        changed: dict[int, int] = {}
-        for at in range(0, len(payload), 6):
-            ident, value = _SETTING.unpack_from(payload, at)
-            if ident == INITIAL_WINDOW_SIZE:
-                if value > _MAX_WINDOW:
-                    self._fail(ErrorCode.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too big")
-                delta = value - self._remote_initial
-                self._remote_initial = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > _MAX_WINDOW:
-                        self._fail(ErrorCode.FLOW_CONTROL_ERROR, "a stream window over 2**31-1")
-            elif ident == MAX_FRAME_SIZE:
-                if not _DEFAULT_FRAME_SIZE <= value <= _MAX_FRAME_SIZE:
-                    self._fail(ErrorCode.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
-                self.max_outbound_frame_size = value
-            elif ident in (ENABLE_PUSH, ENABLE_CONNECT_PROTOCOL):
-                if value > 1:
-                    self._fail(ErrorCode.PROTOCOL_ERROR, f"SETTINGS value {value} for a flag")
-            elif ident == HEADER_TABLE_SIZE:
-                self.encoder.set_max_table_size(value)
-            changed[ident] = value
-        self.remote_settings.update(changed)
-        self._out.append(frame(SETTINGS, ACK, 0))
-        self._events.append(SettingsChanged(changed))
-
-    def _settings_acknowledged(self) -> None:
-        """Our SETTINGS apply from their ACK on (section 6.5.3): the stream windows."""
-        delta = self._pending_initial - self._local_initial
-        if delta:
-            self._local_initial = self._pending_initial
-            for stream in self._streams.values():
-                stream.recv_window += delta
-
-    def _on_push_promise(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 8.4: a client cannot push.
-        self._fail(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-
-    def _on_ping(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.7.
-        if sid:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
-        if len(payload) != 8:
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "PING not of 8 octets")
-        if flags & ACK:
-            self._events.append(PingAcknowledged(payload))
-        else:
-            self.control += 1
-            self._out.append(frame(PING, ACK, 0, payload))
-
-    def _on_goaway(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.8.
-        if sid:
-            self._fail(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
-        if len(payload) < 8:
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 octets")
-        last = _U32.unpack_from(payload)[0] & _MAX_WINDOW
-        code = _U32.unpack_from(payload, 4)[0]
-        self._events.append(ConnectionTerminated(code, last, payload[8:]))
-
-    def _on_window_update(self, flags: int, sid: int, payload: bytes) -> None:
-        # Section 6.9.
-        if len(payload) != 4:
-            self._fail(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE not of 4 octets")
-        increment = _U32.unpack(payload)[0] & _MAX_WINDOW
-        if not sid:
-            if not increment:
-                self._fail(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
-            self._send_window += increment
-            if self._send_window > _MAX_WINDOW:
-                self._fail(ErrorCode.FLOW_CONTROL_ERROR, "the connection window over 2**31-1")
-            self._events.append(WindowUpdated(0))
-            return
-        stream = self._streams.get(sid)
-        if stream is None:
-            if self._idle(sid):
-                self._fail(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
-            return  # a closed stream: it may have been sent before the client saw the end
-        if not increment:
-            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR)
-            return
-        stream.send_window += increment
-        if stream.send_window > _MAX_WINDOW:
-            self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR)
-            return
-        self._events.append(WindowUpdated(sid))
+            stream.state = REMOTE_CLOSED
 
     # -- sending --------------------------------------------------------------------------
 
@@ -611,7 +486,7 @@ class HTTP2Connection:
 
     def _sendable(self, stream_id: int) -> _Stream:
         stream = self._streams.get(stream_id)
-        if stream is None or stream.state == _LOCAL_CLOSED or self.closed:
+        if stream is None or stream.state == LOCAL_CLOSED or self.closed:
             raise StreamClosedError(f"stream {stream_id} is closed")
         return stream
 
@@ -667,9 +542,7 @@ class HTTP2Connection:
         stream.send_window -= n
         self._send_window -= n
         out = self._out
-        out.append(
-            _pack_head(n >> 16, n & 0xFFFF, DATA, END_STREAM if end_stream else 0, stream_id)
-        )
+        out.append(pack_head(n >> 16, n & 0xFFFF, DATA, END_STREAM if end_stream else 0, stream_id))
         if n:
             out.append(data)
         if end_stream:
@@ -684,18 +557,18 @@ class HTTP2Connection:
         self.send_data(stream_id, b"", end_stream=True)
 
     def _local_end(self, sid: int, stream: _Stream) -> None:
-        if stream.state == _REMOTE_CLOSED:
+        if stream.state == REMOTE_CLOSED:
             del self._streams[sid]
-            self._remember(sid, _ENDED)
+            self._remember(sid, ENDED)
         else:
-            stream.state = _LOCAL_CLOSED
+            stream.state = LOCAL_CLOSED
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """Close a stream with RST_STREAM; nothing if it is closed already."""
         if self.closed or self._streams.pop(stream_id, None) is None:
             return
-        self._remember(stream_id, _RESET_BY_US)
-        self._out.append(frame(RST_STREAM, 0, stream_id, _U32.pack(error_code)))
+        self._remember(stream_id, RESET_BY_US)
+        self._out.append(frame(RST_STREAM, 0, stream_id, U32.pack(error_code)))
 
     def open_window(self, stream_id: int, n: int) -> None:
         """Reopen a stream's receive window by ``n`` octets the application has taken.
@@ -707,7 +580,7 @@ class HTTP2Connection:
         stream is closed or the client has ended its side (no more DATA can come).
         """
         stream = self._streams.get(stream_id)
-        if stream is None or stream.state == _REMOTE_CLOSED or n <= 0 or self.closed:
+        if stream is None or stream.state == REMOTE_CLOSED or n <= 0 or self.closed:
             return
         taken = stream.taken + n
         if taken < self._local_initial >> 1:
@@ -715,7 +588,7 @@ class HTTP2Connection:
             return
         stream.taken = 0
         stream.recv_window += taken
-        self._out.append(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(taken)))
+        self._out.append(frame(WINDOW_UPDATE, 0, stream_id, U32.pack(taken)))
 
     def ping(self, data: bytes) -> None:
         """Send a PING with 8 octets of ``data``."""
@@ -727,7 +600,7 @@ class HTTP2Connection:
         """Send GOAWAY with the highest stream id received (section 6.8)."""
         if self.closed:
             return
-        payload = _U32.pack(self.highest_inbound_stream_id) + _U32.pack(error_code)
+        payload = U32.pack(self.highest_inbound_stream_id) + U32.pack(error_code)
         self._out.append(frame(GOAWAY, 0, 0, payload))
 
     def close(self, error_code: int) -> None:
@@ -744,12 +617,12 @@ class HTTP2Connection:
 _HANDLERS: Final = (
     HTTP2Connection._on_data,
     HTTP2Connection._on_headers,
-    HTTP2Connection._on_priority,
-    HTTP2Connection._on_rst_stream,
-    HTTP2Connection._on_settings,
-    HTTP2Connection._on_push_promise,
-    HTTP2Connection._on_ping,
-    HTTP2Connection._on_goaway,
-    HTTP2Connection._on_window_update,
+    _control.on_priority,
+    _control.on_rst_stream,
+    _control.on_settings,
+    _control.on_push_promise,
+    _control.on_ping,
+    _control.on_goaway,
+    _control.on_window_update,
     HTTP2Connection._on_continuation,
 )
