@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tidings._types import ASGIReceive, ASGISend, Scope
-from tidings.server import _http11
+from tidings.server import _addresses
 from tidings.server.config import Limits, Timeouts
 
 from . import apps
@@ -886,11 +886,11 @@ async def test_connections_share_their_server_address_and_client_host() -> None:
 
 def test_the_shared_address_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client spread over endless addresses costs the table nothing past its bound."""
-    monkeypatch.setattr(_http11, "_addresses", {})
-    limit = _http11._ADDRESSES_MAX
+    monkeypatch.setattr(_addresses, "_addresses", {})
+    limit = _addresses._ADDRESSES_MAX
     hosts = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(limit + 500)]
-    shared = [_http11._shared_address(host) for host in hosts]
+    shared = [_addresses._shared_address(host) for host in hosts]
     assert shared == hosts
-    assert len(_http11._addresses) == limit
+    assert len(_addresses._addresses) == limit
     again = "".join(["10.0.0.", "1"])  # equal, not the same object
-    assert again is not hosts[1] and _http11._shared_address(again) is shared[1]
+    assert again is not hosts[1] and _addresses._shared_address(again) is shared[1]

@@ -36,12 +36,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import unquote
 
 import httptools
 
 from tidings import _metrics
+from tidings.server._addresses import socket_addresses
 from tidings.server._admission import refuse
 from tidings.server._cycle import (
     PAUSE_BODY,
@@ -100,8 +101,6 @@ _MIN_BODY_RATE: Final = 500
 _BODY_HIGH_WATER: Final = 256 * 1024
 
 _OWS: Final = (b" ", b"\t")
-
-_A = TypeVar("_A", str, tuple[str, int], tuple[str, None])
 
 # The limit behind a refused request's status (431 is also --max-header-count's).
 _LIMIT_OF_STATUS: Final = {413: "max_body_size", 414: "max_header_size", 431: "max_header_size"}
@@ -190,14 +189,7 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             transport.close()
             return
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client = (_shared_address(str(peer[0])), int(peer[1]))
-        sock = transport.get_extra_info("sockname")
-        if isinstance(sock, tuple) and len(sock) >= 2:
-            self.server = _shared_address((str(sock[0]), int(sock[1])))
-        elif isinstance(sock, str) and sock:
-            self.server = _shared_address((sock, None))
+        self.client, self.server = socket_addresses(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -658,25 +650,6 @@ class HttpProtocol(WriteFlowControl, asyncio.Protocol):
             if isinstance(cycle, RequestCycle) and cycle.task is not None:
                 cycle.task.cancel()
         self.transport.close()
-
-
-#: Socket addresses held once per process: a connection's scope carries its client's
-#: and its server's address for as long as it lives (a WebSocket, for hours), every
-#: connection to a listener has the same server address, and behind a proxy or NAT
-#: many share one client host. Bounded: past ``_ADDRESSES_MAX`` distinct values a new
-#: one stays the connection's own, so a spread of clients costs the table nothing more.
-_ADDRESSES_MAX: Final = 4096
-_addresses: dict[Any, Any] = {}
-
-
-def _shared_address(value: _A) -> _A:
-    """``value`` (a host string or an address tuple), or the equal one already held."""
-    same: _A | None = _addresses.get(value)
-    if same is not None:
-        return same
-    if len(_addresses) < _ADDRESSES_MAX:
-        _addresses[value] = value
-    return value
 
 
 def _other_target(raw: bytes) -> tuple[bytes, bytes]:

@@ -64,6 +64,7 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 from tidings import _metrics
+from tidings.server._addresses import socket_addresses
 from tidings.server._cycle import ClientDisconnected
 from tidings.server._flow import WriteFlowControl
 from tidings.server._h2_hpack import StaticEncoder
@@ -152,14 +153,7 @@ class H2Protocol(WriteFlowControl, asyncio.Protocol):
         bucket = self.state.admission
         over_rate = bucket is not None and bucket.admit(time.monotonic()) > 0
         self._attach(cast(asyncio.Transport, transport), over_rate=over_rate)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client = (str(peer[0]), int(peer[1]))
-        sock = transport.get_extra_info("sockname")
-        if isinstance(sock, tuple) and len(sock) >= 2:
-            self.server = (str(sock[0]), int(sock[1]))
-        elif isinstance(sock, str) and sock:
-            self.server = (sock, None)
+        self.client, self.server = socket_addresses(transport)
 
     def adopt(self, http: HttpProtocol, data: bytes) -> None:
         """Take over the connection of ``http``, which received ``data`` (the preface on)."""
